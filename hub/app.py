@@ -1,0 +1,94 @@
+"""create_app(settings): the routes, plus a lifespan that builds and tears down everything."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import sqlalchemy.exc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from hub.context import HubContext
+from hub.endpoints import docs
+from hub.endpoints.common import HTTPError, error_response, json_response
+from hub.openapi import all_operations, build_openapi
+from hub.settings import Settings
+from hub.storage.engine import make_engine, make_sessionmaker
+
+log = logging.getLogger("hub")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    openapi_document = build_openapi()
+
+    async def openapi(request: Request) -> Response:
+        return json_response(openapi_document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        embedded = None
+        url = settings.database_url
+        if url is None:
+            from hub.storage.embedded import start_embedded
+
+            # `hub serve` starts the embedded server itself; this path is for running the
+            # factory directly (uvicorn hub.app:create_app --factory).
+            embedded = start_embedded(settings.data_dir)
+            url = embedded.url
+        engine = make_engine(url)
+        app.state.hub = HubContext(
+            settings=settings, engine=engine, sessionmaker=make_sessionmaker(engine)
+        )
+        try:
+            yield
+        finally:
+            await engine.dispose()
+            if embedded is not None:
+                embedded.stop()
+
+    routes: list[BaseRoute] = [op.route() for op in all_operations()]
+    routes.append(Route("/openapi.json", openapi, include_in_schema=False))
+    routes.extend(docs.routes)
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPError: _hub_error,
+            HTTPException: _starlette_error,
+            # The database went away mid-request: a retryable 503, not a 500.
+            OSError: _database_unavailable,
+            sqlalchemy.exc.OperationalError: _database_unavailable,
+            sqlalchemy.exc.InterfaceError: _database_unavailable,
+            Exception: _unexpected_error,
+        },
+    )
+
+
+async def _hub_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    return error_response(exc)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> Response:
+    # Unknown paths (404) and wrong methods (405) answer in the same JSON shape as the API.
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(HTTPError(exc.status_code, code, str(exc.detail)))
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__
+    )
+    return error_response(HTTPError(503, "database_unavailable", "database unavailable; retry"))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(HTTPError(500, "internal_error", "internal error; see the hub's log"))

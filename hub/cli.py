@@ -1,0 +1,137 @@
+"""The `hub` command: serve, db (upgrade/downgrade/current/history/init)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from hub.settings import Settings, SettingsError
+
+log = logging.getLogger("hub")
+
+
+def alembic_config() -> Config:
+    """Alembic's Config for the repository's alembic.ini, without Alembic's own flags."""
+    root = Path(__file__).resolve().parent.parent
+    ini = root / "alembic.ini"
+    if not ini.is_file():
+        raise SystemExit(
+            "alembic.ini not found next to the hub package; install the hub from its "
+            "repository with `pip install -e .` to use migrations"
+        )
+    return Config(str(ini))
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured DATABASE_URL, or a running embedded PostgreSQL for the duration."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from hub.storage.embedded import start_embedded
+
+    embedded = start_embedded(settings.data_dir)
+    log.info("no DATABASE_URL set: using the embedded PostgreSQL in %s", embedded.pgdata)
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+def run_db(args: argparse.Namespace, settings: Settings) -> int:
+    with database_url(settings) as url:
+        # env.py reads DATABASE_URL through Settings; hand it the one resolved here.
+        os.environ["DATABASE_URL"] = url
+        config = alembic_config()
+        if args.action == "upgrade":
+            command.upgrade(config, args.revision or "head")
+        elif args.action == "downgrade":
+            command.downgrade(config, args.revision or "-1")
+        elif args.action == "current":
+            command.current(config, verbose=True)
+        elif args.action == "history":
+            command.history(config, verbose=True)
+        elif args.action == "init":
+            from hub.storage.engine import init_db, make_engine
+
+            async def create() -> None:
+                engine = make_engine(url)
+                await init_db(engine)
+                await engine.dispose()
+
+            asyncio.run(create())
+            print("tables created (no migration history recorded; prefer `hub db upgrade`)")
+    return 0
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    with database_url(settings) as url:
+        os.environ["DATABASE_URL"] = url  # the workers build their Settings from it
+        if settings.auto_migrate and not args.no_migrate:
+            command.upgrade(alembic_config(), "head")
+        uvicorn.run(
+            "hub.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            reload=args.reload,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            ws_per_message_deflate=False,
+            ws_max_size=settings.ws_max_message_bytes,
+            lifespan="on",
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub", description="Mirror Hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the hub (HTTP API and WebSockets)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes")
+    serve.add_argument(
+        "--no-migrate", action="store_true", help="do not apply pending migrations at start"
+    )
+
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current", "history", "init"])
+    db.add_argument("revision", nargs="?", help="target revision (upgrade: head, downgrade: -1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"hub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.command == "serve":
+        return run_serve(args, settings)
+    return run_db(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

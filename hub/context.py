@@ -1,0 +1,22 @@
+"""The objects the app's lifespan builds, shared by every endpoint through `app.state.hub`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from hub.settings import Settings
+
+
+@dataclasses.dataclass
+class HubContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+
+def context(conn: HTTPConnection) -> HubContext:
+    ctx: HubContext = conn.app.state.hub
+    return ctx

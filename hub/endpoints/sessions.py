@@ -1,0 +1,201 @@
+"""Session history: create, read, list (newest first, cursor pagination), metric series."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hub.context import context
+from hub.endpoints.common import (
+    HTTPError,
+    decode_body,
+    json_response,
+    not_found,
+    parse_uuid,
+    read_body,
+)
+from hub.openapi import Operation, Param, uuid_path
+from hub.schemas import FieldError, SeriesOut, SeriesPoint, SessionCreate, SessionOut, SessionPage
+from hub.storage import repository
+from hub.storage.models import Session
+
+MAX_PAGE = 200
+MAX_POINTS = 10_000
+
+
+def session_out(row: Session) -> SessionOut:
+    return SessionOut(
+        id=row.id,
+        created_at=row.created_at,
+        child_name=row.child_name,
+        child_age=row.child_age,
+        child_height_cm=row.child_height_cm,
+        child_weight_kg=row.child_weight_kg,
+        mirror_connected_at=row.mirror_connected_at,
+        ended_at=row.ended_at,
+    )
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise _bad_query(name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def query_time(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise _bad_query(name, "must be an ISO 8601 timestamp with a time zone") from None
+    if value.tzinfo is None:
+        raise _bad_query(name, "must include a time zone, e.g. 2026-11-26T10:00:00Z")
+    return value
+
+
+def _bad_query(name: str, message: str) -> HTTPError:
+    return HTTPError(
+        422, "validation_error", f"query parameter {name} {message}", [FieldError(name, message)]
+    )
+
+
+async def create_session(request: Request) -> Response:
+    ctx = context(request)
+    data: SessionCreate = decode_body(
+        await read_body(request, ctx.settings.max_body_bytes), SessionCreate
+    )
+    async with ctx.sessionmaker() as db:
+        row = await repository.create_session(db, data)
+    return json_response(session_out(row), 201)
+
+
+async def get_session(request: Request) -> Response:
+    session_id = parse_uuid(request.path_params["session_id"], "session")
+    async with context(request).sessionmaker() as db:
+        row = await repository.get_session(db, session_id)
+    if row is None:
+        raise not_found("session")
+    return json_response(session_out(row))
+
+
+async def list_sessions(request: Request) -> Response:
+    limit = query_int(request, "limit", 50, 1, MAX_PAGE)
+    after = query_time(request, "created_after")
+    before = query_time(request, "created_before")
+    cursor = request.query_params.get("cursor")
+    async with context(request).sessionmaker() as db:
+        try:
+            rows, next_cursor = await repository.list_sessions(
+                db, limit=limit, cursor=cursor, created_after=after, created_before=before
+            )
+        except repository.BadCursor as exc:
+            raise _bad_query("cursor", str(exc)) from None
+    return json_response(SessionPage(items=[session_out(r) for r in rows], next_cursor=next_cursor))
+
+
+async def metric_series(request: Request) -> Response:
+    session_id = parse_uuid(request.path_params["session_id"], "session")
+    metric = request.query_params.get("metric", "")
+    if not metric or len(metric) > 100:
+        raise _bad_query("metric", "is required (a metric name such as accuracy)")
+    bucket_ms = query_int(request, "bucket_ms", 0, 0, 86_400_000) or None
+    limit = query_int(request, "limit", MAX_POINTS, 1, MAX_POINTS)
+    since, until = query_time(request, "since"), query_time(request, "until")
+    async with context(request).sessionmaker() as db:
+        rows = await repository.metric_series(
+            db, session_id, metric, since=since, until=until, bucket_ms=bucket_ms, limit=limit
+        )
+    if rows is None:
+        raise not_found("session")
+    points = [SeriesPoint(t=t, value=v, seq=s) for t, v, s in rows]
+    return json_response(
+        SeriesOut(session_id=session_id, metric=metric, bucket_ms=bucket_ms, points=points)
+    )
+
+
+_TIME = {"type": "string", "format": "date-time"}
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/sessions",
+        "create_session",
+        "Create a session for a child",
+        "sessions",
+        create_session,
+        SessionOut,
+        status=201,
+        body=SessionCreate,
+        body_example={
+            "child_name": "Alice",
+            "child_age": 7,
+            "child_height_cm": 122.5,
+            "child_weight_kg": 24.0,
+        },
+        errors=(413, 422),
+    ),
+    Operation(
+        "GET",
+        "/sessions",
+        "list_sessions",
+        "List sessions, newest first",
+        "sessions",
+        list_sessions,
+        SessionPage,
+        params=(
+            Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+            Param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page"),
+            Param("created_after", "query", _TIME, "only sessions created at or after this"),
+            Param("created_before", "query", _TIME, "only sessions created before this"),
+        ),
+        errors=(422,),
+    ),
+    Operation(
+        "GET",
+        "/sessions/{session_id}",
+        "get_session",
+        "Read one session",
+        "sessions",
+        get_session,
+        SessionOut,
+        params=(uuid_path("session_id", "session"),),
+        errors=(404,),
+    ),
+    Operation(
+        "GET",
+        "/sessions/{session_id}/series",
+        "metric_series",
+        "One metric of a session over time",
+        "sessions",
+        metric_series,
+        SeriesOut,
+        params=(
+            uuid_path("session_id", "session"),
+            Param(
+                "metric",
+                "query",
+                {"type": "string", "minLength": 1, "maxLength": 100},
+                "metric name, e.g. accuracy",
+                True,
+            ),
+            Param("since", "query", _TIME, "from this hub time (inclusive)"),
+            Param("until", "query", _TIME, "to this hub time (exclusive)"),
+            Param(
+                "bucket_ms",
+                "query",
+                {"type": "integer", "minimum": 0, "maximum": 86_400_000},
+                "average over buckets of this many milliseconds (0: every frame)",
+            ),
+            Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_POINTS}),
+        ),
+        errors=(404, 422),
+        description="Built from the metric frames the mirror streamed over the WebSocket.",
+    ),
+]

@@ -1,0 +1,136 @@
+"""Tasks of a session and the metrics of a task."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hub.context import context
+from hub.endpoints.common import decode_body, json_response, not_found, parse_uuid, read_body
+from hub.openapi import Operation, uuid_path
+from hub.schemas import MetricOut, MetricsBatch, TaskCreate, TaskOut
+from hub.storage import repository
+from hub.storage.models import Metric, Task
+
+
+def task_out(row: Task) -> TaskOut:
+    return TaskOut(
+        id=row.id,
+        session_id=row.session_id,
+        task_name=row.task_name,
+        status=row.status,  # type: ignore[arg-type]  # the CHECK constraint keeps it in TaskStatus
+        duration_seconds=row.duration_seconds,
+        metrics=row.metrics,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def metric_out(row: Metric) -> MetricOut:
+    return MetricOut(
+        id=row.id, task_id=row.task_id, name=row.name, value=row.value, recorded_at=row.recorded_at
+    )
+
+
+async def create_task(request: Request) -> Response:
+    ctx = context(request)
+    session_id = parse_uuid(request.path_params["session_id"], "session")
+    data: TaskCreate = decode_body(
+        await read_body(request, ctx.settings.max_body_bytes), TaskCreate
+    )
+    async with ctx.sessionmaker() as db:
+        row = await repository.create_task(db, session_id, data)
+    if row is None:
+        raise not_found("session")
+    return json_response(task_out(row), 201)
+
+
+async def list_tasks(request: Request) -> Response:
+    session_id = parse_uuid(request.path_params["session_id"], "session")
+    async with context(request).sessionmaker() as db:
+        rows = await repository.list_tasks(db, session_id)
+    if rows is None:
+        raise not_found("session")
+    return json_response([task_out(r) for r in rows])
+
+
+async def add_metrics(request: Request) -> Response:
+    ctx = context(request)
+    task_id = parse_uuid(request.path_params["task_id"], "task")
+    batch: dict[str, float] = decode_body(
+        await read_body(request, ctx.settings.max_body_bytes), MetricsBatch
+    )
+    async with ctx.sessionmaker() as db:
+        rows = await repository.add_metrics(db, task_id, batch)
+    if rows is None:
+        raise not_found("task")
+    return json_response([metric_out(r) for r in rows], 201)
+
+
+async def list_metrics(request: Request) -> Response:
+    task_id = parse_uuid(request.path_params["task_id"], "task")
+    async with context(request).sessionmaker() as db:
+        rows = await repository.list_metrics(db, task_id)
+    if rows is None:
+        raise not_found("task")
+    return json_response([metric_out(r) for r in rows])
+
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/sessions/{session_id}/tasks",
+        "create_task",
+        "Record a task of a session",
+        "tasks",
+        create_task,
+        TaskOut,
+        status=201,
+        body=TaskCreate,
+        body_example={
+            "task_name": "raise_hand",
+            "duration_seconds": 15.5,
+            "status": "success",
+            "metrics": {"accuracy": 0.92},
+        },
+        params=(uuid_path("session_id", "session"),),
+        errors=(404, 413, 422),
+    ),
+    Operation(
+        "GET",
+        "/sessions/{session_id}/tasks",
+        "list_tasks",
+        "List a session's tasks, oldest first",
+        "tasks",
+        list_tasks,
+        list[TaskOut],
+        params=(uuid_path("session_id", "session"),),
+        errors=(404,),
+        description="Includes the tasks of a live session as its mirror streams them.",
+    ),
+    Operation(
+        "POST",
+        "/tasks/{task_id}/metrics",
+        "add_metrics",
+        "Record a batch of metrics of a task",
+        "tasks",
+        add_metrics,
+        list[MetricOut],
+        status=201,
+        body=MetricsBatch,
+        body_example={"accuracy": 0.92, "stability": 0.85, "max_angle": 170.0},
+        params=(uuid_path("task_id", "task"),),
+        errors=(404, 413, 422),
+    ),
+    Operation(
+        "GET",
+        "/tasks/{task_id}/metrics",
+        "list_metrics",
+        "List the metrics of a task",
+        "tasks",
+        list_metrics,
+        list[MetricOut],
+        params=(uuid_path("task_id", "task"),),
+        errors=(404,),
+    ),
+]

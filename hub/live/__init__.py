@@ -1,0 +1,1 @@
+"""The live path: sessions, rooms, write-behind buffer and flusher."""

