@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
 
 import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hub.context import HubContext
 from hub.endpoints import docs
 from hub.endpoints.common import HTTPError, error_response, json_response
+from hub.endpoints.mirror_ws import mirror_endpoint
+from hub.endpoints.watch_ws import watch_endpoint
+from hub.live.hub import LiveHub
 from hub.openapi import all_operations, build_openapi
 from hub.settings import Settings
 from hub.storage.engine import make_engine, make_sessionmaker
@@ -42,18 +48,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
             embedded = start_embedded(settings.data_dir)
             url = embedded.url
         engine = make_engine(url)
+        live = LiveHub(settings, url)
+        await live.start()
         app.state.hub = HubContext(
-            settings=settings, engine=engine, sessionmaker=make_sessionmaker(engine)
+            settings=settings, engine=engine, sessionmaker=make_sessionmaker(engine), live=live
         )
+        restore_signals = drain_on_signal(live)
         try:
             yield
         finally:
+            restore_signals()
+            await live.shutdown()
             await engine.dispose()
             if embedded is not None:
                 embedded.stop()
 
     routes: list[BaseRoute] = [op.route() for op in all_operations()]
     routes.append(Route("/openapi.json", openapi, include_in_schema=False))
+    routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
+    routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(docs.routes)
     return Starlette(
         routes=routes,
@@ -92,3 +105,39 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(HTTPError(500, "internal_error", "internal error; see the hub's log"))
+
+
+def drain_on_signal(live: LiveHub) -> Callable[[], None]:
+    """Under uvicorn, run `live.shutdown()` on SIGTERM/SIGINT *before* uvicorn's own shutdown.
+
+    uvicorn closes every WebSocket with 1012 first and runs the lifespan shutdown last, too
+    late to ack what the flusher stores. So we wrap its handlers: store and ack everything,
+    close with 1012 ourselves, then hand the signal to uvicorn. Elsewhere (tests with an
+    in-process client) the handlers are left alone. Returns a function that restores them.
+    """
+    import uvicorn
+
+    loop = asyncio.get_running_loop()
+    previous: dict[int, object] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        uvicorn_handler = previous[signum]
+
+        def then_uvicorn(_: object) -> None:
+            assert callable(uvicorn_handler)
+            uvicorn_handler(signum, frame)
+
+        task = loop.create_task(live.shutdown())
+        task.add_done_callback(then_uvicorn)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if isinstance(getattr(current, "__self__", None), uvicorn.Server):
+            previous[sig] = current
+            signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, original in previous.items():
+            signal.signal(sig, original)  # type: ignore[arg-type]
+
+    return restore

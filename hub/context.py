@@ -7,6 +7,7 @@ import dataclasses
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from hub.live.hub import LiveHub
 from hub.settings import Settings
 
 
@@ -15,6 +16,7 @@ class HubContext:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    live: LiveHub
 
 
 def context(conn: HTTPConnection) -> HubContext:

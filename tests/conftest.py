@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from hub.app import create_app
 from hub.cli import alembic_config
 from hub.settings import Settings, normalize_database_url
+from tests.live_support import HubProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +110,17 @@ async def client(settings: Settings, clean_db: AsyncEngine) -> AsyncIterator[htt
         yield await stack.enter_async_context(
             httpx.AsyncClient(transport=transport, base_url="http://hub.test")
         )
+
+
+@pytest.fixture(scope="module")
+async def hub_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[HubProcess]:
+    """One real hub process (uvicorn on a free port) shared by a test module."""
+    server = HubProcess(database_url, tmp_path_factory.mktemp("hub") / "hub.log")
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            await server.stop()

@@ -1,0 +1,101 @@
+"""`/ws/sessions/{id}/mirror`: the one mirror of a session streams its frames here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket
+
+from hub import closecodes
+from hub.context import context
+from hub.endpoints.ws_common import close, handshake, run_writer
+from hub.frames import (
+    End,
+    Hello,
+    ProtocolError,
+    Welcome,
+    decode_client_message,
+    encode,
+    error_message,
+    frames_of,
+)
+from hub.live.hub import SessionUnavailable
+
+log = logging.getLogger("hub.mirror")
+
+# Consecutive invalid messages before the hub gives up on a connection.
+MAX_ERRORS_IN_A_ROW = 20
+
+
+async def mirror_endpoint(websocket: WebSocket) -> None:
+    ctx = context(websocket)
+    live_hub = ctx.live
+    opened = await handshake(websocket, ctx.settings.hello_timeout_s)
+    if opened is None:
+        return
+    session_id, _hello = opened
+    try:
+        live = await live_hub.get(session_id)
+    except SessionUnavailable:
+        await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")
+        return
+    if live is None:
+        await close(websocket, closecodes.UNKNOWN_SESSION)
+        return
+    if live.ended:
+        await close(websocket, closecodes.SESSION_ENDED)
+        return
+    if not live_hub.accepting:
+        await close(websocket, closecodes.RESTART)
+        return
+    link = await live_hub.attach_mirror(live)
+    await websocket.send_text(
+        encode(Welcome(session_id=session_id, role="mirror", last_seq=live.last_accepted)).decode()
+    )
+    log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
+    writer = asyncio.create_task(run_writer(websocket, link.outbox, link))
+    live_hub.writers.add(writer)
+    errors_in_a_row = 0
+    try:
+        while link.outbox.close_code is None:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                link.outbox.close(closecodes.UNSUPPORTED)
+                break
+            if not live_hub.accepting:
+                continue  # shutting down: not acked, so the mirror resends it to the next hub
+            try:
+                msg = decode_client_message(text)
+                if isinstance(msg, Hello):
+                    raise ProtocolError("unexpected_hello", "hello was already received")
+                if isinstance(msg, End):
+                    link.outbox.push(await live_hub.end(live, msg.last_seq))
+                    link.outbox.close(closecodes.NORMAL, "session ended", flush=True)
+                    break
+                frames = frames_of(msg)
+                # Backpressure: while the buffer is full this socket is not read, so TCP slows
+                # the mirror down; nothing is dropped.
+                await live_hub.buffer.wait_for_room(len(frames), len(text))
+                if not live_hub.accepting:
+                    continue
+                error = live_hub.accept(live, frames)
+                if error is not None:
+                    raise error
+                errors_in_a_row = 0
+            except ProtocolError as exc:
+                errors_in_a_row += 1
+                link.outbox.push(error_message(exc).decode())
+                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                    link.outbox.close(closecodes.TOO_MANY_ERRORS, flush=True)
+                    break
+    finally:
+        live_hub.detach_mirror(live, link)
+        if link.outbox.close_code is None:
+            writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        live_hub.writers.discard(writer)
+        log.info("mirror disconnected session=%s stored_seq=%d", session_id, live.stored_seq)

@@ -1,0 +1,106 @@
+"""`/ws/sessions/{id}/watch`: therapists watch a session live, gap-free, from any point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket
+
+from hub import closecodes
+from hub.context import context
+from hub.endpoints.ws_common import close, handshake, run_writer
+from hub.frames import Ended, Welcome, encode
+from hub.live.hub import LiveHub, SessionUnavailable
+from hub.live.rooms import Watcher
+from hub.live.session import LiveSession
+
+log = logging.getLogger("hub.watch")
+
+
+async def watch_endpoint(websocket: WebSocket) -> None:
+    ctx = context(websocket)
+    live_hub = ctx.live
+    opened = await handshake(websocket, ctx.settings.hello_timeout_s)
+    if opened is None:
+        return
+    session_id, hello = opened
+    try:
+        live = await live_hub.get(session_id)
+    except SessionUnavailable:
+        await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")
+        return
+    if live is None:
+        await close(websocket, closecodes.UNKNOWN_SESSION)
+        return
+    if not live_hub.accepting:
+        await close(websocket, closecodes.RESTART)
+        return
+
+    # Everything below up to `join` runs without an await, so no frame can slip between the
+    # catch-up we plan here and the live tail the watcher's outbox starts receiving.
+    watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
+    last_seq = live.last_accepted
+    welcome = encode(Welcome(session_id=session_id, role="watcher", last_seq=last_seq)).decode()
+    if hello.since is None:
+        catch_up_db = None
+        catch_up_memory = [live.room.snapshot(last_seq, live.ended)]
+    else:
+        catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
+    live_hub.join(live, watcher)
+
+    writer: asyncio.Task[None] | None = None
+    try:
+        try:
+            await websocket.send_text(welcome)
+            if catch_up_db is not None:
+                await _send_stored(websocket, live_hub, live, *catch_up_db)
+            for text in catch_up_memory:
+                await websocket.send_text(text)
+        except Exception as exc:  # storage or socket failed mid catch-up: resume later
+            log.warning("catch-up for session=%s failed: %s", session_id, type(exc).__name__)
+            await close(websocket, closecodes.INTERNAL, "catch-up failed; resume with since")
+            return
+        if live.ended:
+            await websocket.send_text(encode(Ended(last_seq=last_seq)).decode())
+            await close(websocket, closecodes.NORMAL, "session ended")
+            return
+        writer = asyncio.create_task(run_writer(websocket, watcher.outbox))
+        live_hub.writers.add(writer)
+        while True:  # watchers only listen; we read to notice the disconnect
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+    finally:
+        live_hub.leave(live, watcher)
+        if writer is not None:
+            if watcher.outbox.close_code is None:
+                writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            live_hub.writers.discard(writer)
+
+
+def _plan_resume(
+    live: LiveSession, since: int, last_seq: int
+) -> tuple[tuple[int, int] | None, list[str]]:
+    """Frames after `since`: a stored range (since, upto] from PostgreSQL, then memory."""
+    memory = live.room.logged_after(since)
+    oldest = live.room.oldest_logged()
+    if since >= last_seq or (oldest is not None and oldest <= since + 1):
+        return None, memory
+    # Everything older than the in-memory log is stored (the log is trimmed only below the
+    # stored seq), so PostgreSQL has every frame in (since, oldest - 1].
+    upto = last_seq if oldest is None else oldest - 1
+    return (since, upto), memory
+
+
+async def _send_stored(
+    websocket: WebSocket, live_hub: LiveHub, live: LiveSession, after: int, upto: int
+) -> None:
+    while after < upto:
+        page = await live_hub.stored_frames(live.id, after, upto)
+        if not page:
+            raise LookupError(f"stored frames {after + 1}..{upto} missing")  # a broken invariant
+        for seq, text in page:
+            await websocket.send_text(text)
+            after = seq

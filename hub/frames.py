@@ -1,0 +1,179 @@
+"""Wire protocol v1: a sans-I/O codec for the JSON text messages on the WebSockets.
+
+No asyncio here: `decode_client_message` turns bytes into typed messages or raises
+ProtocolError with a machine-readable code; the `encode_*` helpers build what the hub sends.
+docs/protocol.md describes the same protocol for client authors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from hub.schemas import Metrics, TaskStatus
+
+PROTOCOL_VERSION = 1
+MAX_BATCH = 500
+
+Seq = Annotated[int, Meta(ge=1, le=2**62)]
+Timestamp = Annotated[float, Meta(ge=0, le=1e11, description="device clock, seconds since epoch")]
+
+
+class ProtocolError(Exception):
+    """A message broke the protocol. `code` is machine-readable; `seq` the offending frame."""
+
+    def __init__(self, code: str, message: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.seq = seq
+
+
+# Client → hub ----------------------------------------------------------------------------
+
+
+class Hello(Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
+    """First message of every client. `token` is the credential; `since` is for watchers."""
+
+    token: str | None = None
+    since: Annotated[int, Meta(ge=0)] | None = None
+    protocol: int = PROTOCOL_VERSION
+
+
+class MetricsFrame(
+    Struct, tag="metrics", tag_field="type", forbid_unknown_fields=True, omit_defaults=True
+):
+    """Live metric values at device time `ts`, optionally within a task."""
+
+    seq: Seq
+    ts: Timestamp
+    values: Metrics
+    task_id: uuid.UUID | None = None
+
+
+TaskEventKind = Literal["started", "status", "finished"]
+
+
+class TaskFrame(
+    Struct, tag="task", tag_field="type", forbid_unknown_fields=True, omit_defaults=True
+):
+    """A task started, changed status, or finished (with duration and result metrics)."""
+
+    seq: Seq
+    ts: Timestamp
+    task_id: uuid.UUID
+    task_name: Annotated[str, Meta(min_length=1, max_length=100)]
+    event: TaskEventKind
+    status: TaskStatus
+    duration_seconds: Annotated[float, Meta(ge=0, le=86_400)] | None = None
+    metrics: Metrics = msgspec.field(default_factory=dict)
+
+
+Frame = MetricsFrame | TaskFrame
+
+
+class Batch(Struct, tag="batch", tag_field="type", forbid_unknown_fields=True):
+    frames: Annotated[list[Frame], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class End(Struct, tag="end", tag_field="type", forbid_unknown_fields=True):
+    """The mirror is done: the hub marks the session ended once every frame is stored."""
+
+    last_seq: Annotated[int, Meta(ge=0)]
+
+
+ClientMessage = Hello | MetricsFrame | TaskFrame | Batch | End
+
+_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_KNOWN_TYPES = {"hello", "metrics", "task", "batch", "end"}
+
+
+def decode_client_message(data: bytes | str) -> ClientMessage:
+    """Decode and validate one message; ProtocolError says what is wrong and, if known, the seq."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _classify(data, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("malformed_json", f"message is not valid JSON: {exc}") from None
+
+
+def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
+    # Error path only: look at the raw object to name the offending type and seq.
+    raw: Any = _any_decoder.decode(data)
+    if not isinstance(raw, dict):
+        return ProtocolError("invalid_message", "a message must be a JSON object")
+    kind = raw.get("type")
+    if kind not in _KNOWN_TYPES:
+        return ProtocolError(
+            "unknown_type", f"unknown message type {kind!r}; expected one of {sorted(_KNOWN_TYPES)}"
+        )
+    seq = raw.get("seq")
+    if kind == "batch" and isinstance(raw.get("frames"), list) and raw["frames"]:
+        first = raw["frames"][0]
+        seq = first.get("seq") if isinstance(first, dict) else None
+    return ProtocolError(
+        "invalid_frame", f"invalid {kind} message: {exc}", seq if isinstance(seq, int) else None
+    )
+
+
+def frames_of(message: MetricsFrame | TaskFrame | Batch) -> list[Frame]:
+    return message.frames if isinstance(message, Batch) else [message]
+
+
+def encode(message: Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+# Hub → client ----------------------------------------------------------------------------
+
+
+class Welcome(Struct, tag="welcome", tag_field="type"):
+    session_id: uuid.UUID
+    role: Literal["mirror", "watcher"]
+    # Mirror: the highest seq the hub has accepted; resend only frames after it.
+    # Watcher: the highest seq of the session so far.
+    last_seq: int
+    protocol: int = PROTOCOL_VERSION
+    max_batch: int = MAX_BATCH
+
+
+class Ack(Struct, tag="ack", tag_field="type"):
+    """Cumulative: every frame up to and including `seq` is committed to PostgreSQL."""
+
+    seq: int
+
+
+class Error(Struct, tag="error", tag_field="type"):
+    code: str
+    message: str
+    seq: int | None = None
+
+
+class Presence(Struct, tag="presence", tag_field="type"):
+    mirror: Literal["connected", "disconnected"]
+    watchers: int
+
+
+class Ended(Struct, tag="ended", tag_field="type"):
+    last_seq: int
+
+
+class Snapshot(Struct, tag="snapshot", tag_field="type"):
+    """What a watcher gets on join without `since`: the state as of `last_seq`."""
+
+    session: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    latest: dict[str, float]
+    presence: Presence
+    last_seq: int
+    ended: bool
+
+
+def error_message(exc: ProtocolError) -> bytes:
+    return encode(Error(code=exc.code, message=exc.message, seq=exc.seq))

@@ -1,0 +1,248 @@
+"""LiveHub: the live sessions of this process, the write buffer, the flusher, shutdown.
+
+The endpoints call in here; nothing in here awaits a socket. Data flow of one frame:
+mirror reader → `accept` (seq check, encode once) → room.publish (watcher outboxes) and
+buffer.put → flusher commits → `_committed` → session.on_stored → mirror ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+
+from hub import closecodes
+from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
+from hub.live.buffer import PendingFrame, WriteBuffer
+from hub.live.flusher import Flusher
+from hub.live.rooms import Room, Watcher
+from hub.live.session import LiveSession, MirrorLink
+from hub.settings import Settings
+from hub.storage import frames as store
+
+log = logging.getLogger("hub.live")
+
+SHUTDOWN_FLUSH_TIMEOUT_S = 20.0
+SHUTDOWN_CLOSE_TIMEOUT_S = 3.0
+PUBLIC_SESSION_FIELDS = (
+    "id",
+    "created_at",
+    "child_name",
+    "child_age",
+    "child_height_cm",
+    "child_weight_kg",
+    "mirror_connected_at",
+    "ended_at",
+)
+
+
+class SessionUnavailable(Exception):
+    """The session's state cannot be loaded right now (PostgreSQL unreachable)."""
+
+
+class LiveHub:
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.dsn = store.asyncpg_dsn(database_url)
+        self.sessions: dict[uuid.UUID, LiveSession] = {}
+        self._loading: dict[uuid.UUID, asyncio.Future[LiveSession | None]] = {}
+        self.buffer = WriteBuffer(
+            settings.buffer_max_frames, settings.buffer_max_bytes, settings.flush_max_frames
+        )
+        self.accepting = True
+        self.pool: asyncpg.Pool | None = None
+        self.flusher: Flusher | None = None
+        self.writers: set[asyncio.Task[None]] = set()  # connection writer tasks, for shutdown
+        self._shutdown_done: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=6)
+        self.flusher = Flusher(
+            self.buffer,
+            self.pool,
+            self.settings.flush_interval_ms / 1000,
+            self._committed,
+            self._orphaned,
+        )
+        self.flusher.start()
+
+    # Sessions ----------------------------------------------------------------------------
+
+    async def get(self, session_id: uuid.UUID) -> LiveSession | None:
+        """The live session, loading it from storage on first use; None if it does not exist."""
+        live = self.sessions.get(session_id)
+        if live is not None:
+            return live
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[LiveSession | None] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            live = await self._load(session_id)
+            future.set_result(live)
+            return live
+        except BaseException as exc:
+            future.set_exception(SessionUnavailable(str(exc)))
+            future.exception()  # mark retrieved: other waiters re-raise it themselves
+            raise SessionUnavailable("session state could not be loaded") from exc
+        finally:
+            del self._loading[session_id]
+
+    async def _load(self, session_id: uuid.UUID) -> LiveSession | None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            state = await store.load_session_state(conn, session_id)
+        if state is None:
+            return None
+        row = state["session"]
+        tasks = [
+            {**t, "id": str(t["id"]), "metrics": orjson.loads(t["metrics"])} for t in state["tasks"]
+        ]
+        room = Room({k: row[k] for k in PUBLIC_SESSION_FIELDS}, tasks, self.settings.replay_frames)
+        if row["last_metrics"]:
+            room.latest.update(orjson.loads(row["last_metrics"]).get("values", {}))
+        live = LiveSession(session_id, row["last_seq"], row["ended_at"] is not None, room)
+        self.sessions[session_id] = live
+        return live
+
+    def _evict_if_idle(self, live: LiveSession) -> None:
+        # Idle sessions leave memory; storage has everything, and `get` reloads them.
+        if live.idle and self.sessions.get(live.id) is live:
+            del self.sessions[live.id]
+
+    # Mirrors -----------------------------------------------------------------------------
+
+    async def attach_mirror(self, live: LiveSession) -> MirrorLink:
+        if live.room.session.get("mirror_connected_at") is None:
+            assert self.pool is not None
+            async with self.pool.acquire() as conn:
+                live.room.session["mirror_connected_at"] = await store.mark_mirror_connected(
+                    conn, live.id
+                )
+        link = MirrorLink(bound=64)
+        live.attach_mirror(link)
+        return link
+
+    def detach_mirror(self, live: LiveSession, link: MirrorLink) -> None:
+        live.detach_mirror(link)
+        self._evict_if_idle(live)
+
+    def accept(self, live: LiveSession, frames: Sequence[Frame]) -> ProtocolError | None:
+        """Take frames in seq order; stop at the first bad one and return its error.
+
+        Never awaits: the caller has already waited for room in the buffer.
+        """
+        received_at = datetime.now(UTC)
+        for frame in frames:
+            try:
+                live.check_seq(frame.seq)
+            except ProtocolError as exc:
+                return exc
+            text = encode(frame).decode()
+            is_task = isinstance(frame, TaskFrame)
+            live.last_accepted = frame.seq
+            self.buffer.put(
+                PendingFrame(
+                    session_id=live.id,
+                    seq=frame.seq,
+                    kind="task" if is_task else "metrics",
+                    task_id=frame.task_id,
+                    device_ts=frame.ts,
+                    received_at=received_at,
+                    text=text,
+                    task=frame if isinstance(frame, TaskFrame) else None,
+                )
+            )
+            live.room.publish(frame.seq, text, frame)
+        return None
+
+    async def end(self, live: LiveSession, last_seq: int) -> str:
+        """Mark the session ended once every frame up to `last_seq` is stored."""
+        if last_seq != live.last_accepted:
+            raise ProtocolError(
+                "end_mismatch",
+                f"end says last_seq {last_seq} but the hub has {live.last_accepted}; "
+                "send the missing frames first",
+            )
+        await live.wait_stored(last_seq)
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            live.room.session["ended_at"] = await store.mark_ended(conn, live.id)
+        live.ended = True
+        text = encode(Ended(last_seq=last_seq)).decode()
+        for watcher in live.room.watchers:
+            watcher.outbox.push(text)
+            watcher.outbox.close(closecodes.NORMAL, "session ended", flush=True)
+        return text
+
+    def _committed(self, batch: Sequence[PendingFrame]) -> None:
+        newest: dict[uuid.UUID, int] = {}
+        for frame in batch:
+            newest[frame.session_id] = frame.seq  # batches are in seq order per session
+        for session_id, seq in newest.items():
+            live = self.sessions.get(session_id)
+            if live is not None:
+                live.on_stored(seq)
+                self._evict_if_idle(live)
+
+    def _orphaned(self, session_ids: set[uuid.UUID]) -> None:
+        for session_id in session_ids:
+            live = self.sessions.pop(session_id, None)
+            if live is None:
+                continue
+            if live.mirror is not None:
+                live.mirror.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
+            for watcher in live.room.watchers:
+                watcher.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
+
+    # Watchers ----------------------------------------------------------------------------
+
+    def join(self, live: LiveSession, watcher: Watcher) -> None:
+        live.room.watchers.add(watcher)
+        live.room.broadcast_presence()
+
+    def leave(self, live: LiveSession, watcher: Watcher) -> None:
+        live.room.watchers.discard(watcher)
+        live.room.broadcast_presence()
+        self._evict_if_idle(live)
+
+    async def stored_frames(
+        self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
+    ) -> list[tuple[int, str]]:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            return await store.frames_between(conn, session_id, after, upto, page)
+
+    # Shutdown ----------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop taking frames, store and ack everything buffered, close sockets with 1012."""
+        if self._shutdown_done is not None:
+            return await asyncio.shield(self._shutdown_done)
+        self._shutdown_done = asyncio.get_running_loop().create_future()
+        self.accepting = False
+        try:
+            if self.flusher is not None:
+                try:
+                    async with asyncio.timeout(SHUTDOWN_FLUSH_TIMEOUT_S):
+                        await self.flusher.drain()
+                except TimeoutError:
+                    # The mirrors still hold these frames unacked and resend them to the next hub.
+                    log.error("shutdown: %d frames not stored in time", len(self.buffer))
+            for live in list(self.sessions.values()):
+                if live.mirror is not None:
+                    live.mirror.outbox.close(closecodes.RESTART, flush=True)
+                for watcher in live.room.watchers:
+                    watcher.outbox.close(closecodes.RESTART, flush=True)
+            if self.writers:
+                await asyncio.wait(list(self.writers), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
+            if self.pool is not None:
+                await self.pool.close()
+        finally:
+            self._shutdown_done.set_result(None)

@@ -1,0 +1,83 @@
+"""Per-session live state: the seq rules, which mirror owns the session, what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from hub import closecodes
+from hub.frames import ProtocolError
+from hub.live.rooms import Outbox, Room
+
+
+class MirrorLink:
+    """The hub's side of one mirror connection: its outbox and its latest cumulative ack."""
+
+    def __init__(self, bound: int) -> None:
+        self.outbox = Outbox(bound)
+        self.acked = 0
+
+    def ack(self, seq: int) -> None:
+        # Acks are cumulative, so only the newest matters: the writer sends `acked` when due.
+        if seq > self.acked:
+            self.acked = seq
+            self.outbox.ready.set()
+
+
+class LiveSession:
+    def __init__(self, session_id: uuid.UUID, last_seq: int, ended: bool, room: Room) -> None:
+        self.id = session_id
+        # Highest seq accepted into the buffer (== stored after a restart: loaded from storage).
+        self.last_accepted = last_seq
+        # Highest seq committed to PostgreSQL; acks never pass it.
+        self.stored_seq = last_seq
+        self.ended = ended
+        self.room = room
+        self.mirror: MirrorLink | None = None
+        self._stored_changed = asyncio.Event()
+
+    def check_seq(self, seq: int) -> None:
+        """Raise unless `seq` is the next one. Repeats are never stored or broadcast twice."""
+        expected = self.last_accepted + 1
+        if seq == expected:
+            return
+        if seq < expected:
+            raise ProtocolError(
+                "duplicate_seq", f"seq {seq} was already received; next expected is {expected}", seq
+            )
+        raise ProtocolError("seq_gap", f"seq {seq} skips ahead; resend from seq {expected}", seq)
+
+    def attach_mirror(self, link: MirrorLink) -> None:
+        """One mirror at a time: a new connection replaces the old (a device that reconnected
+        before its old socket timed out); the old one is closed with REPLACED."""
+        if self.mirror is not None:
+            self.mirror.outbox.close(closecodes.REPLACED)
+        self.mirror = link
+        link.acked = self.stored_seq
+        self.room.mirror_connected = True
+        self.room.broadcast_presence()
+
+    def detach_mirror(self, link: MirrorLink) -> None:
+        if self.mirror is link:
+            self.mirror = None
+            self.room.mirror_connected = False
+            self.room.broadcast_presence()
+
+    def on_stored(self, seq: int) -> None:
+        if seq > self.stored_seq:
+            self.stored_seq = seq
+            if self.mirror is not None:
+                self.mirror.ack(seq)
+            self.room.trim(seq)
+            self._stored_changed.set()
+
+    async def wait_stored(self, seq: int) -> None:
+        while self.stored_seq < seq:
+            self._stored_changed.clear()
+            await self._stored_changed.wait()
+
+    @property
+    def idle(self) -> bool:
+        return (
+            self.mirror is None and not self.room.watchers and self.stored_seq == self.last_accepted
+        )

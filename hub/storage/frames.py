@@ -1,0 +1,161 @@
+"""The live path's storage: batched, idempotent frame inserts and the reads that resume needs.
+
+Raw asyncpg rather than the ORM: one round trip stores hundreds of frames through `unnest`
+arrays, and `ON CONFLICT DO NOTHING` on (session_id, seq) makes a resent frame a no-op. Task
+side effects (tasks rows, result metrics) apply only to frames this very statement inserted,
+so replaying a batch can never apply them twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from hub.live.buffer import PendingFrame
+
+INSERT_FRAMES = """
+INSERT INTO frames (session_id, seq, kind, task_id, device_ts, received_at, payload)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::float8[],
+                     $6::timestamptz[], $7::jsonb[])
+ON CONFLICT DO NOTHING
+"""
+INSERT_FRAMES_RETURNING_TASKS = INSERT_FRAMES + " RETURNING session_id, seq, kind"
+
+UPSERT_TASK = """
+INSERT INTO tasks AS t (id, session_id, task_name, status, duration_seconds, metrics,
+                        created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $7)
+ON CONFLICT (id) DO UPDATE SET
+    status = EXCLUDED.status,
+    duration_seconds = COALESCE(EXCLUDED.duration_seconds, t.duration_seconds),
+    metrics = t.metrics || EXCLUDED.metrics,
+    updated_at = EXCLUDED.updated_at
+WHERE t.session_id = EXCLUDED.session_id
+"""
+
+# Result metrics of a finished task, only if the task belongs to the frame's session.
+INSERT_RESULT_METRICS = """
+INSERT INTO metrics (task_id, name, value, recorded_at)
+SELECT $1, m.name, m.value, $3
+FROM unnest($4::text[], $5::float8[]) AS m(name, value)
+WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND session_id = $2)
+"""
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -> None:
+    """Store `batch` in one transaction; raises if nothing was committed."""
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+    for f in batch:
+        for column, value in zip(
+            columns,
+            (f.session_id, f.seq, f.kind, f.task_id, f.device_ts, f.received_at, f.text),
+            strict=True,
+        ):
+            column.append(value)
+    has_tasks = any(f.task is not None for f in batch)
+    async with conn.transaction():
+        if not has_tasks:
+            await conn.execute(INSERT_FRAMES, *columns)
+            return
+        inserted = {
+            (r["session_id"], r["seq"])
+            for r in await conn.fetch(INSERT_FRAMES_RETURNING_TASKS, *columns)
+            if r["kind"] == "task"
+        }
+        for f in batch:
+            if f.task is None or (f.session_id, f.seq) not in inserted:
+                continue
+            task = f.task
+            await conn.execute(
+                UPSERT_TASK,
+                task.task_id,
+                f.session_id,
+                task.task_name,
+                task.status,
+                task.duration_seconds,
+                _json_object(task.metrics),
+                f.received_at,
+            )
+            if task.event == "finished" and task.metrics:
+                await conn.execute(
+                    INSERT_RESULT_METRICS,
+                    task.task_id,
+                    f.session_id,
+                    f.received_at,
+                    list(task.metrics),
+                    list(task.metrics.values()),
+                )
+
+
+def _json_object(values: dict[str, float]) -> str:
+    import orjson
+
+    return orjson.dumps(values).decode()
+
+
+async def existing_sessions(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await conn.fetch("SELECT id FROM sessions WHERE id = ANY($1::uuid[])", list(ids))
+    return {r["id"] for r in rows}
+
+
+async def frames_between(
+    conn: asyncpg.Connection, session_id: uuid.UUID, after: int, upto: int, limit: int
+) -> list[tuple[int, str]]:
+    """Stored frames with after < seq <= upto, as (seq, JSON text), in seq order."""
+    rows = await conn.fetch(
+        "SELECT seq, payload::text AS text FROM frames"
+        " WHERE session_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+        session_id,
+        after,
+        upto,
+        limit,
+    )
+    return [(r["seq"], r["text"]) for r in rows]
+
+
+async def load_session_state(
+    conn: asyncpg.Connection, session_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """What a live session needs when it (re)enters memory; None if the session does not exist."""
+    row = await conn.fetchrow(
+        "SELECT id, created_at, child_name, child_age, child_height_cm, child_weight_kg,"
+        " mirror_connected_at, ended_at,"
+        " (SELECT coalesce(max(seq), 0) FROM frames WHERE session_id = s.id) AS last_seq,"
+        " (SELECT payload::text FROM frames WHERE session_id = s.id AND kind = 'metrics'"
+        "  ORDER BY seq DESC LIMIT 1) AS last_metrics"
+        " FROM sessions s WHERE id = $1",
+        session_id,
+    )
+    if row is None:
+        return None
+    tasks = await conn.fetch(
+        "SELECT id, task_name, status, duration_seconds, metrics::text AS metrics, created_at,"
+        " updated_at FROM tasks WHERE session_id = $1 ORDER BY created_at, id",
+        session_id,
+    )
+    return {"session": dict(row), "tasks": [dict(t) for t in tasks]}
+
+
+async def mark_mirror_connected(conn: asyncpg.Connection, session_id: uuid.UUID) -> datetime:
+    value: datetime = await conn.fetchval(
+        "UPDATE sessions SET mirror_connected_at = coalesce(mirror_connected_at, now())"
+        " WHERE id = $1 RETURNING mirror_connected_at",
+        session_id,
+    )
+    return value
+
+
+async def mark_ended(conn: asyncpg.Connection, session_id: uuid.UUID) -> datetime:
+    value: datetime = await conn.fetchval(
+        "UPDATE sessions SET ended_at = coalesce(ended_at, now()) WHERE id = $1 RETURNING ended_at",
+        session_id,
+    )
+    return value

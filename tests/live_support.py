@@ -1,0 +1,161 @@
+"""Real hub processes and real WebSocket clients for the live tests (no mocks, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class HubProcess:
+    """`hub serve` in a child process on a free port, with its output kept in a log file."""
+
+    def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
+        self.database_url = database_url
+        self.log_path = log_path
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        env = {**os.environ, "DATABASE_URL": self.database_url, **self.env}
+        env.setdefault("HUB_LOG_LEVEL", "info")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve", "--no-migrate", "--port", str(self.port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.logs()}")
+                try:
+                    response = await client.get(f"{self.http}/health", timeout=1.0)
+                    if response.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"hub did not come up:\n{self.logs()}")
+                await asyncio.sleep(0.05)  # polling the port: the only readiness signal there is
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.to_thread(self.proc.wait, timeout)
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+async def create_session(http: str, **fields: Any) -> str:
+    body = {"child_name": "Test Child", "child_age": 7, **fields}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{http}/sessions", json=body)
+    response.raise_for_status()
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+def metrics_frame(seq: int, **values: float) -> dict[str, Any]:
+    return {"type": "metrics", "seq": seq, "ts": time.time(), "values": values or {"accuracy": 0.5}}
+
+
+def task_frame(seq: int, task_id: str, event: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "task",
+        "seq": seq,
+        "ts": time.time(),
+        "task_id": task_id,
+        "task_name": extra.pop("task_name", "raise_hand"),
+        "event": event,
+        "status": status,
+        **extra,
+    }
+
+
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(message).decode())
+
+
+async def recv(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
+    message: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return message
+
+
+async def recv_until(ws: ClientConnection, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Next message of `type_`, skipping others (acks, presence)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await recv(ws, timeout)
+            if message["type"] == type_:
+                return message
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    base_ws: str, session_id: str, role: str, **hello: Any
+) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    """Connect as mirror or watcher, say hello, return the socket and the welcome."""
+    async with connect(
+        f"{base_ws}/ws/sessions/{session_id}/{role}", max_size=2**22, compression=None
+    ) as ws:
+        await send(ws, {"type": "hello", "token": None, **hello})
+        welcome = await recv(ws)
+        assert welcome["type"] == "welcome", welcome
+        yield ws, welcome
+
+
+async def wait_acked(ws: ClientConnection, seq: int, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await recv(ws, timeout)
+            if message["type"] == "ack" and message["seq"] >= seq:
+                return
+            assert message["type"] in ("ack", "presence"), message
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
