@@ -59,8 +59,13 @@ class EmbeddedPostgres:
     pgdata: Path
 
     def __init__(self, server: PostgresServer, pgdata: Path) -> None:
+        pid = server.get_pid()
+        # stop() signals this process, so it must really be the server and not whatever the
+        # package took for it (see _remove_stale_pidfile).
+        if pid is None or not _is_postmaster_of(pid, pgdata):
+            raise RuntimeError(f"no running server for {pgdata} behind pid {pid}")
         self._server = server
-        self._postmaster = psutil.Process(server.get_pid())
+        self._postmaster = psutil.Process(pid)
         self.pgdata = pgdata
         socket_dir = server.get_postmaster_info().socket_dir
         self.url = (
@@ -100,6 +105,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     with PostgresServer._lock:
         _prune_dead_handles(pgdata / ".handle_pids.json")
         _remove_stale_pidfile(pgdata)
+    server: PostgresServer | None = None
     try:
         # Constructed directly rather than through get_server(), whose per-process cache would
         # hand back a handle to a server that an earlier stop() has already stopped.
@@ -107,6 +113,9 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
         return EmbeddedPostgres(server, pgdata)
     except Exception as exc:
         PostgresServer._instances.pop(pgdata, None)
+        if server is not None:  # the package thinks it has a server; undo its bookkeeping
+            server.global_process_id_list.get_and_remove(os.getpid())
+            atexit.unregister(server._cleanup)
         raise RuntimeError(
             f"embedded PostgreSQL failed to start in {pgdata}: {exc}\n"
             f"--- last lines of {pgdata / 'log'} ---\n{_log_tail(pgdata / 'log')}"
