@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.context import context
-from hub.endpoints.ws_common import close, handshake, run_writer
+from hub.endpoints.ws_common import handshake
 from hub.frames import (
     End,
     Hello,
@@ -20,6 +19,7 @@ from hub.frames import (
     error_message,
     frames_of,
 )
+from hub.live.connection import close
 from hub.live.hub import SessionUnavailable
 
 log = logging.getLogger("hub.mirror")
@@ -54,48 +54,38 @@ async def mirror_endpoint(websocket: WebSocket) -> None:
         encode(Welcome(session_id=session_id, role="mirror", last_seq=live.last_accepted)).decode()
     )
     log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
-    writer = asyncio.create_task(run_writer(websocket, link.outbox, link))
-    live_hub.writers.add(writer)
     errors_in_a_row = 0
-    try:
-        while link.outbox.close_code is None:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            text = message.get("text")
-            if text is None:
-                link.outbox.close(closecodes.UNSUPPORTED)
-                break
+
+    async def on_text(text: str) -> None:
+        nonlocal errors_in_a_row
+        if not live_hub.accepting:
+            return  # shutting down: not acked, so the mirror resends it to the next hub
+        try:
+            msg = decode_client_message(text)
+            if isinstance(msg, Hello):
+                raise ProtocolError("unexpected_hello", "hello was already received")
+            if isinstance(msg, End):
+                link.outbox.push(await live_hub.end(live, msg.last_seq))
+                link.outbox.close(closecodes.NORMAL, "session ended", flush=True)
+                return
+            frames = frames_of(msg)
+            # Backpressure: while the buffer is full this socket is not read, so TCP slows
+            # the mirror down; nothing is dropped.
+            await live_hub.buffer.wait_for_room(len(frames), len(text))
             if not live_hub.accepting:
-                continue  # shutting down: not acked, so the mirror resends it to the next hub
-            try:
-                msg = decode_client_message(text)
-                if isinstance(msg, Hello):
-                    raise ProtocolError("unexpected_hello", "hello was already received")
-                if isinstance(msg, End):
-                    link.outbox.push(await live_hub.end(live, msg.last_seq))
-                    link.outbox.close(closecodes.NORMAL, "session ended", flush=True)
-                    break
-                frames = frames_of(msg)
-                # Backpressure: while the buffer is full this socket is not read, so TCP slows
-                # the mirror down; nothing is dropped.
-                await live_hub.buffer.wait_for_room(len(frames), len(text))
-                if not live_hub.accepting:
-                    continue
-                error = live_hub.accept(live, frames)
-                if error is not None:
-                    raise error
-                errors_in_a_row = 0
-            except ProtocolError as exc:
-                errors_in_a_row += 1
-                link.outbox.push(error_message(exc).decode())
-                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                    link.outbox.close(closecodes.TOO_MANY_ERRORS, flush=True)
-                    break
+                return
+            error = live_hub.accept(live, frames)
+            if error is not None:
+                raise error
+            errors_in_a_row = 0
+        except ProtocolError as exc:
+            errors_in_a_row += 1
+            link.outbox.push(error_message(exc).decode())
+            if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                link.outbox.close(closecodes.TOO_MANY_ERRORS, flush=True)
+
+    try:
+        await live_hub.serve(websocket, link.outbox, on_text, link)
     finally:
         live_hub.detach_mirror(live, link)
-        if link.outbox.close_code is None:
-            writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-        live_hub.writers.discard(writer)
         log.info("mirror disconnected session=%s stored_seq=%d", session_id, live.stored_seq)

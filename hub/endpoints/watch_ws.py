@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.context import context
-from hub.endpoints.ws_common import close, handshake, run_writer
-from hub.frames import Ended, Welcome, encode
+from hub.endpoints.ws_common import handshake
+from hub.frames import Ended, ProtocolError, Welcome, encode, error_message
+from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Watcher
 from hub.live.session import LiveSession
@@ -49,7 +49,6 @@ async def watch_endpoint(websocket: WebSocket) -> None:
         catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
     live_hub.join(live, watcher)
 
-    writer: asyncio.Task[None] | None = None
     try:
         try:
             await websocket.send_text(welcome)
@@ -65,19 +64,15 @@ async def watch_endpoint(websocket: WebSocket) -> None:
             await websocket.send_text(encode(Ended(last_seq=last_seq)).decode())
             await close(websocket, closecodes.NORMAL, "session ended")
             return
-        writer = asyncio.create_task(run_writer(websocket, watcher.outbox))
-        live_hub.writers.add(writer)
-        while True:  # watchers only listen; we read to notice the disconnect
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
+
+        async def on_text(text: str) -> None:
+            watcher.outbox.push(
+                error_message(ProtocolError("unexpected_message", "watchers only listen")).decode()
+            )
+
+        await live_hub.serve(websocket, watcher.outbox, on_text)
     finally:
         live_hub.leave(live, watcher)
-        if writer is not None:
-            if watcher.outbox.close_code is None:
-                writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            live_hub.writers.discard(writer)
 
 
 def _plan_resume(

@@ -1,23 +1,15 @@
-"""What the mirror and watcher WebSocket endpoints share: the handshake and the writer task."""
+"""What the mirror and watcher WebSocket endpoints share: the handshake."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from hub import closecodes
-from hub.frames import Ack, Hello, ProtocolError, decode_client_message, encode, error_message
-from hub.live.rooms import Outbox
-from hub.live.session import MirrorLink
-
-
-async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = "") -> None:
-    try:
-        await websocket.close(code.code, reason or code.meaning)
-    except (RuntimeError, OSError):  # already closed by the peer
-        pass
+from hub.frames import Hello, ProtocolError, decode_client_message, error_message
+from hub.live.connection import close
 
 
 async def send_error(websocket: WebSocket, exc: ProtocolError) -> None:
@@ -57,26 +49,3 @@ async def handshake(websocket: WebSocket, timeout_s: float) -> tuple[uuid.UUID, 
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
     return session_id, hello
-
-
-async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | None = None) -> None:
-    """Drain `outbox` (and, for a mirror, its newest ack) into the socket until told to close."""
-    sent_ack = link.acked if link is not None else 0
-    try:
-        while True:
-            await outbox.ready.wait()
-            outbox.ready.clear()
-            # A mirror's ack goes out before any close, so a shutdown acks what it stored.
-            if link is not None and link.acked > sent_ack:
-                sent_ack = link.acked
-                await websocket.send_text(encode(Ack(seq=sent_ack)).decode())
-            items = outbox.items
-            if outbox.close_code is not None and not outbox.flush_before_close:
-                items.clear()
-            while items:
-                await websocket.send_text(items.popleft())
-            if outbox.close_code is not None:
-                await close(websocket, outbox.close_code, outbox.close_reason)
-                return
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        return  # the peer went away; the endpoint's reader sees the disconnect

@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
 from hub.live.buffer import PendingFrame, WriteBuffer
+from hub.live.connection import pump
 from hub.live.flusher import Flusher
-from hub.live.rooms import Room, Watcher
+from hub.live.rooms import Outbox, Room, Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.settings import Settings
 from hub.storage import frames as store
@@ -57,7 +59,7 @@ class LiveHub:
         self.accepting = True
         self.pool: asyncpg.Pool | None = None
         self.flusher: Flusher | None = None
-        self.writers: set[asyncio.Task[None]] = set()  # connection writer tasks, for shutdown
+        self.connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
         self._shutdown_done: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -219,6 +221,23 @@ class LiveHub:
         async with self.pool.acquire() as conn:
             return await store.frames_between(conn, session_id, after, upto, page)
 
+    async def serve(
+        self,
+        websocket: WebSocket,
+        outbox: Outbox,
+        on_text: Callable[[str], Awaitable[None]],
+        link: MirrorLink | None = None,
+    ) -> None:
+        """Run one connection until it ends; shutdown waits for every one of them."""
+        task = asyncio.create_task(pump(websocket, outbox, on_text, link))
+        self.connections.add(task)
+        try:
+            await asyncio.shield(task)
+        finally:
+            if not task.done():  # the endpoint itself was cancelled
+                task.cancel()
+            self.connections.discard(task)
+
     # Shutdown ----------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -240,8 +259,8 @@ class LiveHub:
                     live.mirror.outbox.close(closecodes.RESTART, flush=True)
                 for watcher in live.room.watchers:
                     watcher.outbox.close(closecodes.RESTART, flush=True)
-            if self.writers:
-                await asyncio.wait(list(self.writers), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
+            if self.connections:
+                await asyncio.wait(list(self.connections), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
             if self.pool is not None:
                 await self.pool.close()
         finally:

@@ -27,6 +27,7 @@ class Outbox:
         self.bound = bound
         self.items: deque[str] = deque()
         self.ready = asyncio.Event()
+        self.closing = asyncio.Event()  # set once a close is requested
         self.close_code: closecodes.CloseCode | None = None
         self.close_reason = ""
         self.flush_before_close = False
@@ -49,6 +50,7 @@ class Outbox:
             self.close_reason = reason or code.meaning
             self.flush_before_close = flush
             self.ready.set()
+            self.closing.set()
 
 
 class Watcher:

@@ -1,0 +1,90 @@
+"""One WebSocket connection's plumbing: a writer draining its outbox, a reader, the close.
+
+The fan-out only ever appends to an outbox; the awaits on the socket happen here, in tasks of
+that connection alone, so a peer that stops reading stalls nobody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from starlette.websockets import WebSocket
+
+from hub import closecodes
+from hub.frames import Ack, encode
+from hub.live.rooms import Outbox
+from hub.live.session import MirrorLink
+
+# How long a closing connection may take to send what it still has, and its close frame.
+CLOSE_FLUSH_TIMEOUT_S = 2.0
+
+
+async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = "") -> None:
+    try:
+        await websocket.close(code.code, reason or code.meaning)
+    except (RuntimeError, OSError):  # already closed by the peer
+        pass
+
+
+async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | None = None) -> None:
+    """Drain `outbox` (and, for a mirror, its newest ack) into the socket until a close is
+    requested; the caller closes the socket. A send blocks while the peer does not read."""
+    sent_ack = link.acked if link is not None else 0
+    items = outbox.items
+    while True:
+        await outbox.ready.wait()
+        outbox.ready.clear()
+        # A mirror's ack goes out before any close, so a shutdown acks what it stored.
+        if link is not None and link.acked > sent_ack:
+            sent_ack = link.acked
+            await websocket.send_text(encode(Ack(seq=sent_ack)).decode())
+        if outbox.close_code is not None and not outbox.flush_before_close:
+            return
+        while items:
+            await websocket.send_text(items.popleft())
+        if outbox.close_code is not None:
+            return
+
+
+async def pump(
+    websocket: WebSocket,
+    outbox: Outbox,
+    on_text: Callable[[str], Awaitable[None]],
+    link: MirrorLink | None = None,
+) -> None:
+    """Run a connection: a writer task drains the outbox, a reader task hands each text
+    message to `on_text`. Ends when the peer leaves or a close is requested on the outbox;
+    then closes the socket with the requested code."""
+    writer = asyncio.create_task(run_writer(websocket, outbox, link))
+    reader = asyncio.create_task(_read(websocket, outbox, on_text))
+    closing = asyncio.create_task(outbox.closing.wait())
+    try:
+        await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+        reader.cancel()
+        if outbox.close_code is not None:
+            if outbox.flush_before_close:
+                await asyncio.wait({writer}, timeout=CLOSE_FLUSH_TIMEOUT_S)
+            writer.cancel()  # a peer that does not read cannot stall us
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
+                    await close(websocket, outbox.close_code, outbox.close_reason)
+    finally:
+        for task in (writer, reader, closing):
+            task.cancel()
+        await asyncio.gather(writer, reader, closing, return_exceptions=True)
+
+
+async def _read(
+    websocket: WebSocket, outbox: Outbox, on_text: Callable[[str], Awaitable[None]]
+) -> None:
+    while outbox.close_code is None:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            outbox.close(closecodes.UNSUPPORTED)
+            return
+        await on_text(text)
