@@ -106,10 +106,21 @@ class SeriesOut(Struct):
     points: list[SeriesPoint]
 
 
+class LiveStats(Struct):
+    sessions: int  # live sessions in memory
+    mirrors: int
+    watchers: int
+    buffered_frames: int  # accepted, not yet committed
+    buffer_max_frames: int
+    buffer_peak_frames: int  # highest since start; never above buffer_max_frames
+    storage_failures: int  # consecutive failed flush attempts; 0 while storage answers
+
+
 class Health(Struct):
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unavailable"]
     version: str
+    live: LiveStats
 
 
 class FieldError(Struct):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -124,3 +124,22 @@ async def hub_server(
     finally:
         if server.proc is not None and server.proc.poll() is None:
             await server.stop()
+
+
+@pytest.fixture
+async def start_hub(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[HubProcess]]]:
+    """Start dedicated hub processes with extra settings (env vars); all stopped afterwards."""
+    started: list[HubProcess] = []
+
+    async def start(url: str | None = None, **env: str) -> HubProcess:
+        server = HubProcess(url or database_url, tmp_path / f"hub{len(started)}.log", **env)
+        started.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()

