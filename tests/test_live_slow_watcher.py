@@ -80,9 +80,8 @@ async def test_stalled_watcher_is_cut_off_and_resumes(
     for seqs in results:
         assert seqs == list(range(1, FRAMES + 1))
     p99 = statistics.quantiles(latencies, n=100)[98]
-    print(
-        f"healthy watchers: p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
-    )
+    p50 = statistics.median(latencies)
+    print(f"healthy watchers: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     assert p99 < 2.0, "healthy watchers were held up behind the stalled one"
     # The hub let go of the stalled watcher: only the two healthy ones were counted.
     assert await watchers_count(hub) <= 2
