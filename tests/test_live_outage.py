@@ -36,8 +36,8 @@ async def health(hub: HubProcess) -> dict[str, Any]:
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float) -> None:
     """Poll the hub's own health report until `predicate` holds (the hub's state is remote)."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 - remote state has no event to await
+        while not await predicate():  # noqa: ASYNC110 - remote state: nothing to await
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.slow
