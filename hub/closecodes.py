@@ -21,7 +21,8 @@ NORMAL = CloseCode(1000, "normal", False, "session ended (after `end`) or the cl
 PROTOCOL_ERROR = CloseCode(1002, "protocol_error", False, "first message was not `hello`")
 UNSUPPORTED = CloseCode(1003, "unsupported_data", False, "binary messages are not accepted")
 POLICY = CloseCode(1008, "policy_violation", False, "bad, expired or out-of-scope credential")
-TOO_BIG = CloseCode(1009, "message_too_big", True, "message over the size limit")
+# Not "reconnect": resending the same message would fail again; the client must split it.
+TOO_BIG = CloseCode(1009, "message_too_big", False, "message over the size limit")
 INTERNAL = CloseCode(1011, "internal_error", True, "unexpected hub error; resume")
 RESTART = CloseCode(1012, "service_restart", True, "hub shutting down after storing everything")
 HELLO_TIMEOUT = CloseCode(4000, "hello_timeout", True, "no `hello` within the time limit")
@@ -29,7 +30,7 @@ REPLACED = CloseCode(4001, "replaced", False, "another mirror connection took th
 UNKNOWN_SESSION = CloseCode(4004, "unknown_session", False, "no session with this id")
 SESSION_ENDED = CloseCode(4005, "session_ended", False, "the session has ended; nothing to write")
 LAGGING = CloseCode(4008, "lagging", True, "watcher fell behind its queue bound; resume with since")
-TOO_MANY_ERRORS = CloseCode(4029, "too_many_errors", True, "too many invalid messages in a row")
+TOO_MANY_ERRORS = CloseCode(4029, "too_many_errors", False, "too many invalid messages in a row")
 
 ALL = [
     NORMAL,

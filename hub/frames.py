@@ -7,6 +7,7 @@ docs/protocol.md describes the same protocol for client authors.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -25,11 +26,14 @@ Timestamp = Annotated[float, Meta(ge=0, le=1e11, description="device clock, seco
 class ProtocolError(Exception):
     """A message broke the protocol. `code` is machine-readable; `seq` the offending frame."""
 
-    def __init__(self, code: str, message: str, seq: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, seq: int | None = None, expected_seq: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.seq = seq
+        self.expected_seq = expected_seq
 
 
 # Client → hub ----------------------------------------------------------------------------
@@ -109,14 +113,17 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
     if not isinstance(raw, dict):
         return ProtocolError("invalid_message", "a message must be a JSON object")
     kind = raw.get("type")
-    if kind not in _KNOWN_TYPES:
+    if not isinstance(kind, str) or kind not in _KNOWN_TYPES:
         return ProtocolError(
             "unknown_type", f"unknown message type {kind!r}; expected one of {sorted(_KNOWN_TYPES)}"
         )
     seq = raw.get("seq")
-    if kind == "batch" and isinstance(raw.get("frames"), list) and raw["frames"]:
-        first = raw["frames"][0]
-        seq = first.get("seq") if isinstance(first, dict) else None
+    if kind == "batch" and isinstance(raw.get("frames"), list):
+        # Name the frame the error points at: "… - at `$.frames[3].values[...]`".
+        where = re.search(r"\$\.frames\[(\d+)\]", str(exc))
+        index = int(where.group(1)) if where else 0
+        bad = raw["frames"][index] if index < len(raw["frames"]) else None
+        seq = bad.get("seq") if isinstance(bad, dict) else None
     return ProtocolError(
         "invalid_frame", f"invalid {kind} message: {exc}", seq if isinstance(seq, int) else None
     )
@@ -139,6 +146,9 @@ class Welcome(Struct, tag="welcome", tag_field="type"):
     # Mirror: the highest seq the hub has accepted; resend only frames after it.
     # Watcher: the highest seq of the session so far.
     last_seq: int
+    # Everything up to this seq is committed (a mirror drops those frames: an implicit ack).
+    acked_seq: int
+    max_message_bytes: int
     protocol: int = PROTOCOL_VERSION
     max_batch: int = MAX_BATCH
 
@@ -149,10 +159,11 @@ class Ack(Struct, tag="ack", tag_field="type"):
     seq: int
 
 
-class Error(Struct, tag="error", tag_field="type"):
+class Error(Struct, tag="error", tag_field="type", omit_defaults=True):
     code: str
     message: str
-    seq: int | None = None
+    seq: int | None = None  # the offending frame, when known
+    expected_seq: int | None = None  # for seq_gap / duplicate_seq: the seq the hub expects
 
 
 class Presence(Struct, tag="presence", tag_field="type"):
@@ -176,4 +187,6 @@ class Snapshot(Struct, tag="snapshot", tag_field="type"):
 
 
 def error_message(exc: ProtocolError) -> bytes:
-    return encode(Error(code=exc.code, message=exc.message, seq=exc.seq))
+    return encode(
+        Error(code=exc.code, message=exc.message, seq=exc.seq, expected_seq=exc.expected_seq)
+    )

@@ -24,7 +24,8 @@ MetricName = Annotated[
     Meta(
         min_length=1,
         max_length=100,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$",
+        # (?!\n): `$` alone would also match before a trailing newline.
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*(?!\n)$",
         description="Metric name such as `accuracy`, `stability`, `max_angle`.",
     ),
 ]

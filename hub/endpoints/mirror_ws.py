@@ -8,14 +8,12 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.context import context
-from hub.endpoints.ws_common import handshake
+from hub.endpoints.ws_common import handshake, welcome
 from hub.frames import (
     End,
     Hello,
     ProtocolError,
-    Welcome,
     decode_client_message,
-    encode,
     error_message,
     frames_of,
 )
@@ -50,9 +48,7 @@ async def mirror_endpoint(websocket: WebSocket) -> None:
         await close(websocket, closecodes.RESTART)
         return
     link = await live_hub.attach_mirror(live)
-    await websocket.send_text(
-        encode(Welcome(session_id=session_id, role="mirror", last_seq=live.last_accepted)).decode()
-    )
+    await websocket.send_text(welcome(live, "mirror", live.last_accepted, ctx.settings))
     log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
     errors_in_a_row = 0
 

@@ -8,8 +8,8 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.context import context
-from hub.endpoints.ws_common import handshake
-from hub.frames import Ended, ProtocolError, Welcome, encode, error_message
+from hub.endpoints.ws_common import handshake, welcome
+from hub.frames import Ended, ProtocolError, encode, error_message
 from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Watcher
@@ -41,7 +41,7 @@ async def watch_endpoint(websocket: WebSocket) -> None:
     # catch-up we plan here and the live tail the watcher's outbox starts receiving.
     watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
     last_seq = live.last_accepted
-    welcome = encode(Welcome(session_id=session_id, role="watcher", last_seq=last_seq)).decode()
+    greeting = welcome(live, "watcher", last_seq, ctx.settings)
     if hello.since is None:
         catch_up_db = None
         catch_up_memory = [live.room.snapshot(last_seq, live.ended)]
@@ -51,7 +51,7 @@ async def watch_endpoint(websocket: WebSocket) -> None:
 
     try:
         try:
-            await websocket.send_text(welcome)
+            await websocket.send_text(greeting)
             if catch_up_db is not None:
                 await _send_stored(websocket, live_hub, live, *catch_up_db)
             for text in catch_up_memory:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Literal
 
 from starlette.websockets import WebSocket
 
 from hub import closecodes
-from hub.frames import Hello, ProtocolError, decode_client_message, error_message
+from hub.frames import (
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    Welcome,
+    decode_client_message,
+    encode,
+    error_message,
+)
 from hub.live.connection import close
+from hub.live.session import LiveSession
+from hub.settings import Settings
 
 
 async def send_error(websocket: WebSocket, exc: ProtocolError) -> None:
@@ -42,6 +53,15 @@ async def handshake(websocket: WebSocket, timeout_s: float) -> tuple[uuid.UUID, 
         await send_error(websocket, exc)
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
+    if isinstance(hello, Hello) and hello.protocol != PROTOCOL_VERSION:
+        await send_error(
+            websocket,
+            ProtocolError(
+                "unsupported_protocol", f"this hub speaks protocol {PROTOCOL_VERSION} only"
+            ),
+        )
+        await close(websocket, closecodes.PROTOCOL_ERROR, "unsupported protocol version")
+        return None
     if not isinstance(hello, Hello):
         await send_error(
             websocket, ProtocolError("hello_required", "the first message must be hello")
@@ -49,3 +69,17 @@ async def handshake(websocket: WebSocket, timeout_s: float) -> tuple[uuid.UUID, 
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
     return session_id, hello
+
+
+def welcome(
+    live: LiveSession, role: Literal["mirror", "watcher"], last_seq: int, settings: Settings
+) -> str:
+    return encode(
+        Welcome(
+            session_id=live.id,
+            role=role,
+            last_seq=last_seq,
+            acked_seq=live.stored_seq,
+            max_message_bytes=settings.ws_max_message_bytes,
+        )
+    ).decode()

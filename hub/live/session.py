@@ -43,9 +43,14 @@ class LiveSession:
             return
         if seq < expected:
             raise ProtocolError(
-                "duplicate_seq", f"seq {seq} was already received; next expected is {expected}", seq
+                "duplicate_seq",
+                f"seq {seq} was already received; next expected is {expected}",
+                seq,
+                expected,
             )
-        raise ProtocolError("seq_gap", f"seq {seq} skips ahead; resend from seq {expected}", seq)
+        raise ProtocolError(
+            "seq_gap", f"seq {seq} skips ahead; resend from seq {expected}", seq, expected
+        )
 
     def attach_mirror(self, link: MirrorLink) -> None:
         """One mirror at a time: a new connection replaces the old (a device that reconnected
