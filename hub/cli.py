@@ -39,8 +39,8 @@ def database_url(settings: Settings) -> Iterator[str]:
         return
     from hub.storage.embedded import start_embedded
 
+    log.info("no DATABASE_URL set: using the embedded PostgreSQL")
     embedded = start_embedded(settings.data_dir)
-    log.info("no DATABASE_URL set: using the embedded PostgreSQL in %s", embedded.pgdata)
     try:
         yield embedded.url
     finally:

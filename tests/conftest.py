@@ -133,8 +133,9 @@ async def start_hub(
     """Start dedicated hub processes with extra settings (env vars); all stopped afterwards."""
     started: list[HubProcess] = []
 
-    async def start(url: str | None = None, **env: str) -> HubProcess:
-        server = HubProcess(url or database_url, tmp_path / f"hub{len(started)}.log", **env)
+    async def start(url: str | None = None, port: int | None = None, **env: str) -> HubProcess:
+        log = tmp_path / f"hub{len(started)}.log"
+        server = HubProcess(url or database_url, log, port, **env)
         started.append(server)
         await server.start()
         return server

