@@ -76,6 +76,16 @@ def run_db(args: argparse.Namespace, settings: Settings) -> int:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    if args.workers is not None and args.workers > 1:
+        # Each worker would hold its own live sessions: a watcher on one worker would never see
+        # the mirror on another. That needs a backplane between workers, which is not built yet.
+        print(
+            "hub: --workers > 1 is not supported yet: live sessions are kept per process and "
+            "no backplane connects workers; run one worker per hub (see README)",
+            file=sys.stderr,
+        )
+        return 2
+
     with database_url(settings) as url:
         os.environ["DATABASE_URL"] = url  # the workers build their Settings from it
         if settings.auto_migrate and not args.no_migrate:

@@ -33,9 +33,16 @@ class HubProcess:
     """`hub serve` in a child process on a free port, with its output kept in a log file."""
 
     def __init__(
-        self, database_url: str, log_path: Path, port: int | None = None, **env: str
+        self,
+        database_url: str | None,
+        log_path: Path,
+        port: int | None = None,
+        migrate: bool = False,
+        **env: str,
     ) -> None:
+        # database_url None: no DATABASE_URL, so the hub runs its embedded PostgreSQL.
         self.database_url = database_url
+        self.migrate = migrate
         self.log_path = log_path
         self.env = env
         self.port = port or free_port()
@@ -50,11 +57,17 @@ class HubProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 30.0) -> None:
-        env = {**os.environ, "DATABASE_URL": self.database_url, **self.env}
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        if self.database_url is not None:
+            env["DATABASE_URL"] = self.database_url
+        env.update(self.env)
         env.setdefault("HUB_LOG_LEVEL", "info")
+        args = [sys.executable, "-m", "hub", "serve", "--port", str(self.port)]
+        if not self.migrate:
+            args.append("--no-migrate")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve", "--no-migrate", "--port", str(self.port)],
+            args,
             env=env,
             cwd=ROOT,
             stdout=log,
