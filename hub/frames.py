@@ -105,11 +105,17 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         raise _classify(data, exc) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("malformed_json", f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("invalid_message", "message is nested too deeply") from None
 
 
 def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
-    # Error path only: look at the raw object to name the offending type and seq.
-    raw: Any = _any_decoder.decode(data)
+    # Error path only: look at the raw object to name the offending type and seq. Valid JSON
+    # can still fail to decode untyped (numbers beyond float range, deep nesting).
+    try:
+        raw: Any = _any_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return ProtocolError("invalid_message", f"invalid message: {exc}")
     if not isinstance(raw, dict):
         return ProtocolError("invalid_message", "a message must be a JSON object")
     kind = raw.get("type")

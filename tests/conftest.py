@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,8 +30,26 @@ from tests.live_support import HubProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@contextlib.contextmanager
+def embedded_data_dir() -> Iterator[Path]:
+    """A data folder for an embedded PostgreSQL, outside pytest's tmp tree: as root the server
+    runs as its own system user, which must traverse every parent folder, and pytest resets
+    its tmp root to 0700 whenever another pytest process starts."""
+    path = Path(tempfile.mkdtemp(prefix="hub-test-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_data_dir() -> Iterator[Path]:
+    with embedded_data_dir() as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """URL of an administrative database on the PostgreSQL server the tests use."""
     configured = os.environ.get("DATABASE_URL", "").strip()
     if configured:
@@ -37,11 +57,12 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from hub.storage.embedded import start_embedded
 
-    embedded = start_embedded(tmp_path_factory.mktemp("hub-data"))
-    try:
-        yield embedded.url
-    finally:
-        embedded.stop()
+    with embedded_data_dir() as data_dir:
+        embedded = start_embedded(data_dir)
+        try:
+            yield embedded.url
+        finally:
+            embedded.stop()
 
 
 async def _admin(url: str, statement: str) -> None:

@@ -43,9 +43,9 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float) -> 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_database_outage_mid_stream(
-    start_hub: Callable[..., Awaitable[HubProcess]], tmp_path: Path
+    start_hub: Callable[..., Awaitable[HubProcess]], pg_data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "pg"
+    data_dir = pg_data_dir
     pg = await asyncio.to_thread(start_embedded, data_dir)
     try:
         engine = create_async_engine(pg.url)

@@ -72,8 +72,10 @@ def postgres_processes(pgdata: Path) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-async def test_fresh_start_curl_examples_restart_and_ctrl_c(tmp_path: Path) -> None:
-    data_dir = tmp_path / "hub-data"
+async def test_fresh_start_curl_examples_restart_and_ctrl_c(
+    tmp_path: Path, pg_data_dir: Path
+) -> None:
+    data_dir = pg_data_dir
     # No DATABASE_URL: the hub starts (and migrates) its embedded PostgreSQL.
     hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
     await hub.start(timeout=90)

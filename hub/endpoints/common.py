@@ -77,9 +77,11 @@ def decode_body(body: bytes, type_: Any) -> Any:
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
-        fields = _field_errors(msgspec.json.decode(body), type_) or [
-            FieldError(field="$", message=str(exc))
-        ]
+        try:
+            fields = _field_errors(msgspec.json.decode(body), type_)
+        except (msgspec.DecodeError, RecursionError):  # valid JSON, but not as plain values
+            fields = []
+        fields = fields or [FieldError(field="$", message=str(exc))]
         raise HTTPError(422, "validation_error", "request body failed validation", fields) from None
     except msgspec.DecodeError as exc:  # after ValidationError, its subclass
         if not body.strip():
@@ -87,6 +89,8 @@ def decode_body(body: bytes, type_: Any) -> Any:
                 422, "validation_error", "request body is empty; expected JSON"
             ) from None
         raise HTTPError(422, "validation_error", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(422, "validation_error", "JSON is nested too deeply") from None
 
 
 def _field_errors(data: Any, type_: Any) -> list[FieldError]:
