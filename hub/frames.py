@@ -131,7 +131,9 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
         bad = raw["frames"][index] if index < len(raw["frames"]) else None
         seq = bad.get("seq") if isinstance(bad, dict) else None
     return ProtocolError(
-        "invalid_frame", f"invalid {kind} message: {exc}", seq if isinstance(seq, int) else None
+        "invalid_frame",
+        f"invalid {kind} message: {exc}",
+        seq if type(seq) is int else None,  # not `true`, which isinstance(…, int) admits
     )
 
 

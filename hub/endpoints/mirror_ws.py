@@ -54,8 +54,10 @@ async def mirror_endpoint(websocket: WebSocket) -> None:
 
     async def on_text(text: str) -> None:
         nonlocal errors_in_a_row
-        if not live_hub.accepting:
-            return  # shutting down: not acked, so the mirror resends it to the next hub
+        # Shutting down, or replaced by a newer connection of this mirror: the message is not
+        # acked here, so the mirror resends it to the hub / connection that now owns the session.
+        if not live_hub.accepting or live.mirror is not link:
+            return
         try:
             msg = decode_client_message(text)
             if isinstance(msg, Hello):
@@ -68,7 +70,7 @@ async def mirror_endpoint(websocket: WebSocket) -> None:
             # Backpressure: while the buffer is full this socket is not read, so TCP slows
             # the mirror down; nothing is dropped.
             await live_hub.buffer.wait_for_room(len(frames), len(text))
-            if not live_hub.accepting:
+            if not live_hub.accepting or live.mirror is not link:
                 return
             error = live_hub.accept(live, frames)
             if error is not None:
