@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hub.context import HubContext
-from hub.endpoints import docs
+from hub.endpoints import docs, watch_page
 from hub.endpoints.common import HTTPError, error_response, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(docs.routes)
+    routes.extend(watch_page.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
