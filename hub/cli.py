@@ -102,6 +102,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             ws="websockets-sansio",
             ws_per_message_deflate=False,
             ws_max_size=settings.ws_max_message_bytes,
+            ws_ping_interval=settings.ws_ping_interval_s,
+            ws_ping_timeout=settings.ws_ping_timeout_s,
             lifespan="on",
             log_level=settings.log_level,
             timeout_graceful_shutdown=30,

@@ -110,6 +110,10 @@ class Settings:
     replay_frames: int = 4_096
     # Seconds a client has to send `hello`.
     hello_timeout_s: int = 5
+    # WebSocket ping every this many seconds; no pong within the timeout closes the connection
+    # (how dead mirrors and watchers are found).
+    ws_ping_interval_s: int = 20
+    ws_ping_timeout_s: int = 20
 
     @classmethod
     def from_env(
@@ -133,4 +137,6 @@ class Settings:
             watcher_queue_frames=_int(env, "HUB_WATCHER_QUEUE_FRAMES", cls.watcher_queue_frames),
             replay_frames=_int(env, "HUB_REPLAY_FRAMES", cls.replay_frames),
             hello_timeout_s=_int(env, "HUB_HELLO_TIMEOUT_S", cls.hello_timeout_s),
+            ws_ping_interval_s=_int(env, "HUB_WS_PING_INTERVAL_S", cls.ws_ping_interval_s),
+            ws_ping_timeout_s=_int(env, "HUB_WS_PING_TIMEOUT_S", cls.ws_ping_timeout_s),
         )

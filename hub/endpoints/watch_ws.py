@@ -37,9 +37,10 @@ async def watch_endpoint(websocket: WebSocket) -> None:
         await close(websocket, closecodes.RESTART)
         return
 
-    # Everything below up to `join` runs without an await, so no frame can slip between the
-    # catch-up we plan here and the live tail the watcher's outbox starts receiving.
+    # From `join` to the end of the catch-up plan nothing awaits, so no frame can slip between
+    # the catch-up planned here and the live tail the watcher's outbox starts receiving.
     watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
+    live_hub.join(live, watcher)
     last_seq = live.last_accepted
     greeting = welcome(live, "watcher", last_seq, ctx.settings)
     if hello.since is None:
@@ -47,7 +48,6 @@ async def watch_endpoint(websocket: WebSocket) -> None:
         catch_up_memory = [live.room.snapshot(last_seq, live.ended)]
     else:
         catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
-    live_hub.join(live, watcher)
 
     try:
         try:

@@ -208,8 +208,9 @@ class LiveHub:
     # Watchers ----------------------------------------------------------------------------
 
     def join(self, live: LiveSession, watcher: Watcher) -> None:
+        # The others hear of the newcomer; the newcomer reads presence in its snapshot.
+        live.room.broadcast_presence(joining=1)
         live.room.watchers.add(watcher)
-        live.room.broadcast_presence()
 
     def leave(self, live: LiveSession, watcher: Watcher) -> None:
         live.room.watchers.discard(watcher)

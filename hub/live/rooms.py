@@ -107,14 +107,14 @@ class Room:
     def logged_after(self, seq: int) -> list[str]:
         return [text for s, text in self.log if s > seq]
 
-    def presence(self) -> Presence:
+    def presence(self, joining: int = 0) -> Presence:
         return Presence(
             mirror="connected" if self.mirror_connected else "disconnected",
-            watchers=len(self.watchers),
+            watchers=len(self.watchers) + joining,
         )
 
-    def broadcast_presence(self) -> None:
-        text = encode(self.presence()).decode()
+    def broadcast_presence(self, joining: int = 0) -> None:
+        text = encode(self.presence(joining)).decode()
         for watcher in self.watchers:
             watcher.outbox.push(text)
 
