@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.endpoints import docs, watch_page
 from hub.endpoints.common import HTTPError, error_response, json_response
@@ -47,11 +48,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # factory directly (uvicorn hub.app:create_app --factory).
             embedded = start_embedded(settings.data_dir)
             url = embedded.url
+        tokens, first_admin = token_service(settings)
+        announce(tokens, first_admin, settings.data_dir)
         engine = make_engine(url)
         live = LiveHub(settings, url)
         await live.start()
         app.state.hub = HubContext(
-            settings=settings, engine=engine, sessionmaker=make_sessionmaker(engine), live=live
+            settings=settings,
+            engine=engine,
+            sessionmaker=make_sessionmaker(engine),
+            live=live,
+            tokens=tokens,
         )
         restore_signals = drain_on_signal(live)
         try:

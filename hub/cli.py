@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-migrate", action="store_true", help="do not apply pending migrations at start"
     )
 
+    token = sub.add_parser("token", help="credentials")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="print a new signed token")
+    create.add_argument("--role", required=True, choices=["admin", "therapist", "mirror"])
+    create.add_argument("--name", required=True, help="who the token is for (its subject)")
+    create.add_argument("--ttl", default="8h", help="lifetime: 8h, 30m, 7d … (default 8h)")
+    create.add_argument("--session", help="the session a mirror token may write")
+
     db = sub.add_parser("db", help="database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current", "history", "init"])
     db.add_argument("revision", nargs="?", help="target revision (upgrade: head, downgrade: -1)")
@@ -142,7 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return run_serve(args, settings)
+    if args.command == "token":
+        return run_token(args, settings)
     return run_db(args, settings)
+
+
+def run_token(args: argparse.Namespace, settings: Settings) -> int:
+    from hub.auth import parse_ttl, token_service
+
+    try:
+        ttl = parse_ttl(args.ttl)
+        session_id = uuid.UUID(args.session) if args.session else None
+        service, _ = token_service(settings)
+        if service is None:
+            raise ValueError("authentication is disabled (HUB_AUTH_DISABLED); no token needed")
+        print(service.issue(args.role, args.name, ttl, session_id=session_id))
+    except ValueError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

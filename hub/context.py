@@ -7,6 +7,7 @@ import dataclasses
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from hub.auth import TokenService
 from hub.live.hub import LiveHub
 from hub.settings import Settings
 
@@ -17,6 +18,7 @@ class HubContext:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     live: LiveHub
+    tokens: TokenService | None  # None: authentication switched off (development only)
 
 
 def context(conn: HTTPConnection) -> HubContext:

@@ -16,6 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import hub
+from hub.auth import Role
+from hub.endpoints.common import guard
 from hub.schemas import ErrorBody
 
 REF = "#/components/schemas/{name}"
@@ -27,6 +29,10 @@ ERROR_TEXT = {
     422: "Validation failed; `fields` names each bad field",
     503: "Database unavailable",
 }
+
+
+# A mirror token reaches only its own session (checked per request).
+STAFF_AND_MIRROR: tuple[Role, ...] = ("admin", "therapist", "mirror")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +61,12 @@ class Operation:
     # Other documented answers that carry a body other than ErrorBody: (status, type, text).
     other_responses: tuple[tuple[int, Any, str], ...] = ()
     description: str = ""
+    # Who may call it; None: public (no credential needed).
+    roles: tuple[Role, ...] | None = ("admin", "therapist")
 
     def route(self) -> Route:
-        return Route(self.path, self.endpoint, methods=[self.method], name=self.operation_id)
+        endpoint = self.endpoint if self.roles is None else guard(self.endpoint, self.roles)
+        return Route(self.path, endpoint, methods=[self.method], name=self.operation_id)
 
 
 def uuid_path(name: str, what: str) -> Param:
@@ -92,8 +101,13 @@ def build_openapi(operations: list[Operation] | None = None) -> dict[str, Any]:
                 }
             },
         }
-        if op.description:
-            item["description"] = op.description
+        description = op.description
+        if op.roles is None:
+            item["security"] = []
+        else:
+            description = f"{description}\n\nRoles: {', '.join(op.roles)}.".strip()
+        if description:
+            item["description"] = description
         if op.params:
             item["parameters"] = [
                 {
@@ -110,7 +124,8 @@ def build_openapi(operations: list[Operation] | None = None) -> dict[str, Any]:
             if op.body_example is not None:
                 media["example"] = op.body_example
             item["requestBody"] = {"required": True, "content": {"application/json": media}}
-        for code in op.errors:
+        errors = op.errors if op.roles is None else (401, 403, *op.errors)
+        for code in errors:
             item["responses"][str(code)] = {
                 "description": ERROR_TEXT[code],
                 "content": {"application/json": {"schema": by_type[ErrorBody]}},
@@ -133,5 +148,16 @@ def build_openapi(operations: list[Operation] | None = None) -> dict[str, Any]:
             ),
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "security": [{"bearerAuth": []}],
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A token from `hub token create` or `POST /sessions`",
+                }
+            },
+        },
     }

@@ -52,6 +52,11 @@ class SessionOut(Struct):
     ended_at: datetime | None = None
 
 
+class SessionCreated(SessionOut):
+    # The credential the session's mirror streams with (role mirror, this session only).
+    mirror_token: str | None = None
+
+
 class SessionPage(Struct):
     items: list[SessionOut]
     # Pass as `cursor` to get the next (older) page; null on the last page.
@@ -121,6 +126,8 @@ class Health(Struct):
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unavailable"]
     version: str
+    # "disabled" only when HUB_AUTH_DISABLED is set: nobody needs a credential then.
+    auth: Literal["enabled", "disabled"]
     live: LiveStats
 
 

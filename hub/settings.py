@@ -76,6 +76,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"{name} names {raw!r}, which is not a readable file")
+    return path
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -114,6 +124,19 @@ class Settings:
     # (how dead mirrors and watchers are found).
     ws_ping_interval_s: int = 20
     ws_ping_timeout_s: int = 20
+    # Authentication. Without a secret the hub keeps a generated one in data_dir (0600).
+    auth_secret: str | None = dataclasses.field(default=None, repr=False)
+    auth_public_key_file: Path | None = None  # PEM; lets an identity provider sign (RS256/ES256)
+    auth_disabled: bool = False  # development only; the hub says so loudly
+    public_docs: bool = True  # /docs, /redoc and /openapi.json without a credential
+    mirror_token_ttl_s: int = 12 * 3600
+    # Browser origins allowed to open WebSockets (cross-site WebSocket hijacking); the hub's
+    # own origin is always allowed, and clients that send no Origin (devices, scripts) too.
+    allowed_origins: tuple[str, ...] = ()
+    # Abuse limits.
+    ws_max_messages_per_s: int = 200
+    max_connections_per_client: int = 256
+    max_watchers_per_session: int = 32
 
     @classmethod
     def from_env(
@@ -139,4 +162,21 @@ class Settings:
             hello_timeout_s=_int(env, "HUB_HELLO_TIMEOUT_S", cls.hello_timeout_s),
             ws_ping_interval_s=_int(env, "HUB_WS_PING_INTERVAL_S", cls.ws_ping_interval_s),
             ws_ping_timeout_s=_int(env, "HUB_WS_PING_TIMEOUT_S", cls.ws_ping_timeout_s),
+            auth_secret=env.get("HUB_AUTH_SECRET", "").strip() or None,
+            auth_public_key_file=_path(env, "HUB_AUTH_PUBLIC_KEY_FILE"),
+            auth_disabled=_bool(env, "HUB_AUTH_DISABLED", False),
+            public_docs=_bool(env, "HUB_PUBLIC_DOCS", True),
+            mirror_token_ttl_s=_int(env, "HUB_MIRROR_TOKEN_TTL_S", cls.mirror_token_ttl_s),
+            allowed_origins=tuple(
+                o.strip().rstrip("/")
+                for o in env.get("HUB_ALLOWED_ORIGINS", "").split(",")
+                if o.strip()
+            ),
+            ws_max_messages_per_s=_int(env, "HUB_WS_MAX_MESSAGES_PER_S", cls.ws_max_messages_per_s),
+            max_connections_per_client=_int(
+                env, "HUB_MAX_CONNECTIONS_PER_CLIENT", cls.max_connections_per_client
+            ),
+            max_watchers_per_session=_int(
+                env, "HUB_MAX_WATCHERS_PER_SESSION", cls.max_watchers_per_session
+            ),
         )

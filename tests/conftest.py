@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from hub.app import create_app
 from hub.cli import alembic_config
 from hub.settings import Settings, normalize_database_url
-from tests.live_support import HubProcess
+from tests.live_support import TEST_SECRET, HubProcess, staff_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,12 @@ async def clean_db(engine: AsyncEngine) -> AsyncEngine:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=tmp_path, max_body_bytes=64 * 1024)
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path,
+        max_body_bytes=64 * 1024,
+        auth_secret=TEST_SECRET,
+    )
 
 
 @pytest.fixture
@@ -129,7 +134,9 @@ async def client(settings: Settings, clean_db: AsyncEngine) -> AsyncIterator[htt
         await stack.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app)
         yield await stack.enter_async_context(
-            httpx.AsyncClient(transport=transport, base_url="http://hub.test")
+            httpx.AsyncClient(
+                transport=transport, base_url="http://hub.test", headers=staff_headers("admin")
+            )
         )
 
 

@@ -19,7 +19,21 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from hub.auth import Role, TokenService
+
 ROOT = Path(__file__).resolve().parent.parent
+# Every hub the tests start signs and verifies with this secret (authentication stays on).
+TEST_SECRET = "test-secret-" + "x" * 40
+TOKENS = TokenService(TEST_SECRET.encode())
+
+
+def token(role: Role, session_id: str | None = None, ttl_s: int = 3600) -> str:
+    sid = uuid.UUID(session_id) if session_id else None
+    return TOKENS.issue(role, f"test-{role}", ttl_s, session_id=sid)
+
+
+def staff_headers(role: Role = "admin") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(role)}"}
 
 
 def free_port() -> int:
@@ -60,6 +74,7 @@ class HubProcess:
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         if self.database_url is not None:
             env["DATABASE_URL"] = self.database_url
+        env["HUB_AUTH_SECRET"] = TEST_SECRET
         env.update(self.env)
         env.setdefault("HUB_LOG_LEVEL", "info")
         args = [sys.executable, "-m", "hub", "serve", "--port", str(self.port)]
@@ -107,7 +122,7 @@ class HubProcess:
 
 async def create_session(http: str, **fields: Any) -> str:
     body = {"child_name": "Test Child", "child_age": 7, **fields}
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=staff_headers("therapist")) as client:
         response = await client.post(f"{http}/sessions", json=body)
     response.raise_for_status()
     session_id: str = response.json()["id"]
@@ -153,11 +168,14 @@ async def recv_until(ws: ClientConnection, type_: str, timeout: float = 10.0) ->
 async def open_client(
     base_ws: str, session_id: str, role: str, **hello: Any
 ) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
-    """Connect as mirror or watcher, say hello, return the socket and the welcome."""
+    """Connect as mirror or watcher, say hello (with the session's mirror token, or a
+    therapist's, unless `token` is given), return the socket and the welcome."""
+    if "token" not in hello:
+        hello["token"] = token("mirror", session_id) if role == "mirror" else token("therapist")
     async with connect(
         f"{base_ws}/ws/sessions/{session_id}/{role}", max_size=2**22, compression=None
     ) as ws:
-        await send(ws, {"type": "hello", "token": None, **hello})
+        await send(ws, {"type": "hello", **hello})
         welcome = await recv(ws)
         assert welcome["type"] == "welcome", welcome
         yield ws, welcome

@@ -25,6 +25,8 @@ async def test_create_and_read_session(client: httpx.AsyncClient) -> None:
     assert created["ended_at"] is None
     response = await client.get(f"/sessions/{created['id']}")
     assert response.status_code == 200
+    mirror_token = created.pop("mirror_token")
+    assert isinstance(mirror_token, str) and mirror_token.count(".") == 2  # a JWT
     assert response.json() == created
     assert response.headers["content-type"] == "application/json"
 

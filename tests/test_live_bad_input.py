@@ -30,6 +30,7 @@ from tests.live_support import (
     recv,
     recv_until,
     send,
+    token,
     wait_acked,
 )
 
@@ -465,8 +466,10 @@ async def test_hello_timeout_closes_4000(
 async def test_unknown_session_closes_4004(
     hub_server: HubProcess, bystander: Bystander, role: str
 ) -> None:
-    async with raw_socket(hub_server.ws, str(uuid.uuid4()), role) as ws:
-        await send(ws, {"type": "hello"})
+    unknown = str(uuid.uuid4())
+    async with raw_socket(hub_server.ws, unknown, role) as ws:
+        credential = token("mirror", unknown) if role == "mirror" else token("therapist")
+        await send(ws, {"type": "hello", "token": credential})
         assert await closed_with(ws) == (4004, [])
     # Not a UUID: closed at once, before any hello.
     async with raw_socket(hub_server.ws, "not-a-uuid", role) as ws:

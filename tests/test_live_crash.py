@@ -13,7 +13,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.live_support import ROOT, HubProcess, create_session, send
+from tests.live_support import ROOT, HubProcess, create_session, send, token
 
 sys.path.insert(0, str(ROOT / "client_examples"))
 from mirror_client import MirrorClient
@@ -27,7 +27,9 @@ async def follow(hub: HubProcess, session_id: str, seen: list[int], done: asynci
     while len(seen) < FRAMES:
         try:
             async with connect(f"{hub.ws}/ws/sessions/{session_id}/watch") as ws:
-                hello = {"type": "hello"} if not seen else {"type": "hello", "since": seen[-1]}
+                hello: dict[str, object] = {"type": "hello", "token": token("therapist")}
+                if seen:
+                    hello["since"] = seen[-1]
                 await send(ws, hello)
                 async for raw in ws:
                     message = orjson.loads(raw)
@@ -49,7 +51,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     watched = asyncio.Event()
     watcher = asyncio.create_task(follow(hub, session_id, seen, watched))
 
-    client = MirrorClient(hub.http, session_id)
+    client = MirrorClient(hub.http, session_id, token=token("mirror", session_id))
     await client.start()
     for i in range(FRAMES // 2):
         await client.send_metrics({"accuracy": (i % 100) / 100, "stability": 0.7})

@@ -18,7 +18,9 @@ from tests.live_support import (
     recv,
     recv_until,
     send,
+    staff_headers,
     task_frame,
+    token,
     wait_acked,
 )
 
@@ -26,7 +28,7 @@ from tests.live_support import (
 async def test_live_tasks_series_and_end(hub_server: HubProcess) -> None:
     session_id = await create_session(hub_server.http)
     task_id = new_task_id()
-    async with httpx.AsyncClient(base_url=hub_server.http) as http:
+    async with httpx.AsyncClient(base_url=hub_server.http, headers=staff_headers()) as http:
         async with open_client(hub_server.ws, session_id, "mirror") as (mirror, welcome):
             assert welcome["acked_seq"] == 0
             await send(mirror, task_frame(1, task_id, "started", "in_progress"))
@@ -85,7 +87,7 @@ async def test_live_tasks_series_and_end(hub_server: HubProcess) -> None:
 
     # An ended session takes no more writing; a watcher gets its history and `ended`.
     async with connect(f"{hub_server.ws}/ws/sessions/{session_id}/mirror") as ws:
-        await send(ws, {"type": "hello"})
+        await send(ws, {"type": "hello", "token": token("mirror", session_id)})
         try:
             await recv(ws)
         except ConnectionClosed as closed:
@@ -107,7 +109,7 @@ async def test_dead_mirror_is_found_by_ping(
         # A mirror whose device froze: the socket stays open but nothing answers pings.
         sock = socket.create_connection(("127.0.0.1", hub.port))
         dead = await connect(f"{hub.ws}/ws/sessions/{session_id}/mirror", sock=sock)
-        await send(dead, {"type": "hello"})
+        await send(dead, {"type": "hello", "token": token("mirror", session_id)})
         assert (await recv_until(watcher, "presence"))["mirror"] == "connected"
         dead.transport.pause_reading()  # stops reading, so no pong is ever sent
         presence = await recv_until(watcher, "presence", timeout=15)

@@ -20,6 +20,7 @@ from tests.live_support import (
     open_client,
     recv,
     send,
+    token,
     wait_acked,
 )
 
@@ -48,7 +49,7 @@ async def test_stalled_watcher_is_cut_off_and_resumes(
     stalled = await connect(
         f"{hub.ws}/ws/sessions/{session_id}/watch", sock=sock, max_queue=1, compression=None
     )
-    await send(stalled, {"type": "hello"})
+    await send(stalled, {"type": "hello", "token": token("therapist")})
 
     latencies: list[float] = []
 

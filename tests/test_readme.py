@@ -3,9 +3,10 @@ examples run as printed, data survives a restart, Ctrl-C leaves no postgres proc
 
 from __future__ import annotations
 
+import os
 import re
-import shlex
 import signal
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from tests.live_support import ROOT, HubProcess
 
 PLACEHOLDER = re.compile(r"<(session_id|task_id)>")
+ADMIN_TOKEN = re.compile(r"^\s+(eyJ[\w-]+\.[\w-]+\.[\w-]+)\s*$", re.MULTILINE)
 
 
 def curl_examples() -> list[tuple[str, Any]]:
@@ -76,19 +78,28 @@ async def test_fresh_start_curl_examples_restart_and_ctrl_c(
     tmp_path: Path, pg_data_dir: Path
 ) -> None:
     data_dir = pg_data_dir
-    # No DATABASE_URL: the hub starts (and migrates) its embedded PostgreSQL.
-    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
+    # No DATABASE_URL: the hub starts (and migrates) its embedded PostgreSQL. No signing
+    # secret either: it makes one and prints an admin token once.
+    hub = HubProcess(
+        None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir), HUB_AUTH_SECRET=""
+    )
     await hub.start(timeout=90)
     pgdata = data_dir / "pgdata"
     assert postgres_processes(pgdata), "the embedded PostgreSQL should be running"
+    secret_file = data_dir / "auth-secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_bytes()
+    admin_tokens = ADMIN_TOKEN.findall(hub.logs())
+    assert len(admin_tokens) == 1, hub.logs()
 
     ids: dict[str, str] = {}
+    env = {**os.environ, "TOKEN": admin_tokens[0]}
     for command, documented in curl_examples():
         command = command.replace("http://127.0.0.1:8000", hub.http)
         for name in ("session_id", "task_id"):
             command = command.replace(f"<{name}>", ids.get(name, f"<{name}>"))
         result = subprocess.run(
-            shlex.split(command), capture_output=True, text=True, timeout=30, check=True
+            ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=30, check=True
         )
         answer = orjson.loads(result.stdout)
         if isinstance(answer, dict) and "task_name" in answer:
@@ -103,8 +114,11 @@ async def test_fresh_start_curl_examples_restart_and_ctrl_c(
 
     # Started again, the data is still there.
     await hub.start(timeout=90)
+    assert secret_file.read_bytes() == secret  # same secret: old tokens stay valid
+    assert len(ADMIN_TOKEN.findall(hub.logs())) == 1  # printed on the first start only
     async with httpx.AsyncClient() as client:
-        response = await client.get(f"{hub.http}/sessions/{ids['session_id']}")
+        headers = {"Authorization": f"Bearer {admin_tokens[0]}"}
+        response = await client.get(f"{hub.http}/sessions/{ids['session_id']}", headers=headers)
     assert response.status_code == 200
     assert response.json()["child_name"] == "Alice"
     await hub.stop(signal.SIGINT)

@@ -14,6 +14,7 @@ from tests.live_support import (
     open_client,
     send,
     task_frame,
+    token,
     wait_acked,
 )
 from tests.test_docs_render import render
@@ -29,7 +30,9 @@ async def test_page_shows_live_values_and_tasks(hub_server: HubProcess, tmp_path
         await wait_acked(mirror, 2)
         # The mirror stays connected: the page joins a live session and gets its snapshot.
         rendered = await asyncio.to_thread(
-            render, f"{hub_server.http}/watch?session={session_id}", tmp_path
+            render,
+            f"{hub_server.http}/watch?session={session_id}#token={token('therapist')}",
+            tmp_path,
         )
     dom = rendered.dom
     assert "accuracy" in dom and "0.875" in dom, rendered.log

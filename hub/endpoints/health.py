@@ -32,6 +32,7 @@ async def health(request: Request) -> Response:
         status="ok" if database_ok else "degraded",
         database="ok" if database_ok else "unavailable",
         version=hub.__version__,
+        auth="disabled" if ctx.tokens is None else "enabled",
         live=ctx.live.stats(),
     )
     return json_response(body, 200 if database_ok else 503)
@@ -47,5 +48,6 @@ OPERATIONS = [
         health,
         Health,
         other_responses=((503, Health, "The database does not answer"),),
+        roles=None,
     ),
 ]

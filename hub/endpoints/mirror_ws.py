@@ -29,10 +29,10 @@ MAX_ERRORS_IN_A_ROW = 20
 async def mirror_endpoint(websocket: WebSocket) -> None:
     ctx = context(websocket)
     live_hub = ctx.live
-    opened = await handshake(websocket, ctx.settings.hello_timeout_s)
+    opened = await handshake(websocket, ctx, "mirror")
     if opened is None:
         return
-    session_id, _hello = opened
+    session_id, _hello, _principal = opened
     try:
         live = await live_hub.get(session_id)
     except SessionUnavailable:

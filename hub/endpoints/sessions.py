@@ -16,8 +16,16 @@ from hub.endpoints.common import (
     parse_uuid,
     read_body,
 )
-from hub.openapi import Operation, Param, uuid_path
-from hub.schemas import FieldError, SeriesOut, SeriesPoint, SessionCreate, SessionOut, SessionPage
+from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
+from hub.schemas import (
+    FieldError,
+    SeriesOut,
+    SeriesPoint,
+    SessionCreate,
+    SessionCreated,
+    SessionOut,
+    SessionPage,
+)
 from hub.storage import repository
 from hub.storage.models import Session
 
@@ -73,7 +81,15 @@ async def create_session(request: Request) -> Response:
     )
     async with ctx.sessionmaker() as db:
         row = await repository.create_session(db, data)
-    return json_response(session_out(row), 201)
+    mirror_token = None
+    if ctx.tokens is not None:
+        mirror_token = ctx.tokens.issue(
+            "mirror", f"mirror:{row.id}", ctx.settings.mirror_token_ttl_s, session_id=row.id
+        )
+    created = SessionCreated(
+        **{f: getattr(row, f) for f in SessionOut.__struct_fields__}, mirror_token=mirror_token
+    )
+    return json_response(created, 201)
 
 
 async def get_session(request: Request) -> Response:
@@ -130,7 +146,7 @@ OPERATIONS = [
         "Create a session for a child",
         "sessions",
         create_session,
-        SessionOut,
+        SessionCreated,
         status=201,
         body=SessionCreate,
         body_example={
@@ -167,6 +183,7 @@ OPERATIONS = [
         SessionOut,
         params=(uuid_path("session_id", "session"),),
         errors=(404,),
+        roles=STAFF_AND_MIRROR,
     ),
     Operation(
         "GET",

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.context import context
-from hub.endpoints.common import decode_body, json_response, not_found, parse_uuid, read_body
-from hub.openapi import Operation, uuid_path
+from hub.endpoints.common import (
+    decode_body,
+    json_response,
+    not_found,
+    parse_uuid,
+    read_body,
+    require_session,
+)
+from hub.openapi import STAFF_AND_MIRROR, Operation, uuid_path
 from hub.schemas import MetricOut, MetricsBatch, TaskCreate, TaskOut
 from hub.storage import repository
 from hub.storage.models import Metric, Task
@@ -61,19 +71,26 @@ async def add_metrics(request: Request) -> Response:
         await read_body(request, ctx.settings.max_body_bytes), MetricsBatch
     )
     async with ctx.sessionmaker() as db:
-        rows = await repository.add_metrics(db, task_id, batch)
-    if rows is None:
-        raise not_found("task")
+        task = await _task_of_caller(request, db, task_id)
+        rows = await repository.add_metrics(db, task, batch)
     return json_response([metric_out(r) for r in rows], 201)
 
 
 async def list_metrics(request: Request) -> Response:
     task_id = parse_uuid(request.path_params["task_id"], "task")
     async with context(request).sessionmaker() as db:
-        rows = await repository.list_metrics(db, task_id)
-    if rows is None:
-        raise not_found("task")
+        task = await _task_of_caller(request, db, task_id)
+        rows = await repository.list_metrics(db, task)
     return json_response([metric_out(r) for r in rows])
+
+
+async def _task_of_caller(request: Request, db: AsyncSession, task_id: uuid.UUID) -> Task:
+    """The task, if it exists (404) and the caller may touch its session (403)."""
+    task = await repository.get_task(db, task_id)
+    if task is None:
+        raise not_found("task")
+    require_session(request, task.session_id)
+    return task
 
 
 OPERATIONS = [
@@ -95,6 +112,7 @@ OPERATIONS = [
         },
         params=(uuid_path("session_id", "session"),),
         errors=(404, 413, 422),
+        roles=STAFF_AND_MIRROR,
     ),
     Operation(
         "GET",
@@ -106,6 +124,7 @@ OPERATIONS = [
         list[TaskOut],
         params=(uuid_path("session_id", "session"),),
         errors=(404,),
+        roles=STAFF_AND_MIRROR,
         description="Includes the tasks of a live session as its mirror streams them.",
     ),
     Operation(
@@ -121,6 +140,7 @@ OPERATIONS = [
         body_example={"accuracy": 0.92, "stability": 0.85, "max_angle": 170.0},
         params=(uuid_path("task_id", "task"),),
         errors=(404, 413, 422),
+        roles=STAFF_AND_MIRROR,
     ),
     Operation(
         "GET",
@@ -132,5 +152,6 @@ OPERATIONS = [
         list[MetricOut],
         params=(uuid_path("task_id", "task"),),
         errors=(404,),
+        roles=STAFF_AND_MIRROR,
     ),
 ]

@@ -1,4 +1,8 @@
-"""`/watch?session=ID`: a minimal browser page that shows one session's live values."""
+"""`/watch?session=ID#token=…`: a minimal browser page that shows one session's live values.
+
+The page itself is public (it holds no data); the data comes over the WebSocket, which needs a
+therapist or admin credential in `hello`.
+"""
 
 from __future__ import annotations
 

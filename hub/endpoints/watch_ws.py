@@ -21,10 +21,10 @@ log = logging.getLogger("hub.watch")
 async def watch_endpoint(websocket: WebSocket) -> None:
     ctx = context(websocket)
     live_hub = ctx.live
-    opened = await handshake(websocket, ctx.settings.hello_timeout_s)
+    opened = await handshake(websocket, ctx, "watcher")
     if opened is None:
         return
-    session_id, hello = opened
+    session_id, hello, principal = opened
     try:
         live = await live_hub.get(session_id)
     except SessionUnavailable:

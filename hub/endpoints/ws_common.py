@@ -18,6 +18,8 @@ from hub.frames import (
     encode,
     error_message,
 )
+from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal
+from hub.context import HubContext
 from hub.live.connection import close
 from hub.live.session import LiveSession
 from hub.settings import Settings
@@ -27,8 +29,30 @@ async def send_error(websocket: WebSocket, exc: ProtocolError) -> None:
     await websocket.send_text(error_message(exc).decode())
 
 
-async def handshake(websocket: WebSocket, timeout_s: float) -> tuple[uuid.UUID, Hello] | None:
-    """Accept, then read `hello`. On failure the socket is closed and None returned."""
+def origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
+    """Browsers send Origin on every WebSocket upgrade: a page of another site must not open
+    a socket with the user's network position (cross-site WebSocket hijacking). Clients that
+    are not browsers send none, and the hub's own pages are same-origin."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if origin in settings.allowed_origins:
+        return True
+    host = websocket.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
+
+
+async def handshake(
+    websocket: WebSocket, ctx: HubContext, role: Literal["mirror", "watcher"]
+) -> tuple[uuid.UUID, Hello, Principal] | None:
+    """Check the Origin, accept, read `hello`, check its credential for this session.
+    On failure the socket is closed (or the upgrade refused) and None returned."""
+    if not origin_allowed(websocket, ctx.settings):
+        # Before accept, a close is answered as HTTP 403 to the upgrade request.
+        await websocket.close(closecodes.POLICY.code, "origin not allowed")
+        return None
+    timeout_s = ctx.settings.hello_timeout_s
     await websocket.accept()
     try:
         session_id = uuid.UUID(websocket.path_params["session_id"])
@@ -68,7 +92,30 @@ async def handshake(websocket: WebSocket, timeout_s: float) -> tuple[uuid.UUID, 
         )
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
-    return session_id, hello
+    principal = _authorize(ctx, hello, role, session_id)
+    if isinstance(principal, str):
+        await close(websocket, closecodes.POLICY, principal)
+        return None
+    return session_id, hello, principal
+
+
+def _authorize(
+    ctx: HubContext, hello: Hello, role: Literal["mirror", "watcher"], session_id: uuid.UUID
+) -> Principal | str:
+    """The Principal, or a short reason for closing with 1008."""
+    if ctx.tokens is None:
+        return ANONYMOUS_ADMIN
+    if not hello.token:
+        return "credential required"
+    try:
+        principal = ctx.tokens.verify(hello.token)
+    except AuthError as exc:
+        return str(exc)[:100]  # a close reason must fit in 123 bytes
+    if role == "mirror" and not principal.may_write(session_id):
+        return "not this session's mirror"
+    if role == "watcher" and principal.role not in ("admin", "therapist"):
+        return "watching needs a therapist or admin credential"
+    return principal
 
 
 def welcome(

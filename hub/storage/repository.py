@@ -106,12 +106,12 @@ async def list_tasks(db: AsyncSession, session_id: uuid.UUID) -> Sequence[Task] 
     return (await db.scalars(query)).all()
 
 
-async def add_metrics(
-    db: AsyncSession, task_id: uuid.UUID, batch: MetricsBatch
-) -> Sequence[Metric] | None:
-    if await db.get(Task, task_id) is None:
-        return None
-    rows = [Metric(task_id=task_id, name=name, value=value) for name, value in batch.items()]
+async def get_task(db: AsyncSession, task_id: uuid.UUID) -> Task | None:
+    return await db.get(Task, task_id)
+
+
+async def add_metrics(db: AsyncSession, task: Task, batch: MetricsBatch) -> Sequence[Metric]:
+    rows = [Metric(task_id=task.id, name=name, value=value) for name, value in batch.items()]
     db.add_all(rows)
     await db.commit()
     for row in rows:
@@ -119,10 +119,8 @@ async def add_metrics(
     return rows
 
 
-async def list_metrics(db: AsyncSession, task_id: uuid.UUID) -> Sequence[Metric] | None:
-    if await db.get(Task, task_id) is None:
-        return None
-    query = select(Metric).where(Metric.task_id == task_id).order_by(Metric.recorded_at, Metric.id)
+async def list_metrics(db: AsyncSession, task: Task) -> Sequence[Metric]:
+    query = select(Metric).where(Metric.task_id == task.id).order_by(Metric.recorded_at, Metric.id)
     return (await db.scalars(query)).all()
 
 

@@ -3,6 +3,11 @@
 
 const params = new URLSearchParams(location.search);
 const sessionId = params.get("session") || "";
+// The credential comes in the URL *fragment* (#token=…), which browsers never send to a
+// server, so it cannot end up in access logs; it travels to the hub inside `hello` only.
+const token = new URLSearchParams(location.hash.slice(1)).get("token") || sessionStorage.getItem("hub-token");
+if (token) sessionStorage.setItem("hub-token", token);
+history.replaceState(null, "", location.pathname + location.search);
 const el = (id) => document.getElementById(id);
 const latest = new Map();
 const tasks = new Map();
@@ -71,7 +76,7 @@ function connect() {
   const ws = new WebSocket(`${scheme}://${location.host}/ws/sessions/${sessionId}/watch`);
   ws.onopen = () => {
     backoff = 250;
-    const hello = { type: "hello", token: params.get("token") };
+    const hello = { type: "hello", token };
     if (lastSeq !== null) hello.since = lastSeq;  // resume: every frame after what we have
     ws.send(JSON.stringify(hello));
   };
@@ -89,4 +94,4 @@ function connect() {
 }
 
 if (sessionId) { show("session", sessionId); connect(); }
-else { show("state", "add ?session=<session id> to the address"); }
+else { show("state", "open /watch?session=<session id>#token=<therapist token>"); }
