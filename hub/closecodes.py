@@ -31,6 +31,11 @@ UNKNOWN_SESSION = CloseCode(4004, "unknown_session", False, "no session with thi
 SESSION_ENDED = CloseCode(4005, "session_ended", False, "the session has ended; nothing to write")
 LAGGING = CloseCode(4008, "lagging", True, "watcher fell behind its queue bound; resume with since")
 TOO_MANY_ERRORS = CloseCode(4029, "too_many_errors", False, "too many invalid messages in a row")
+RATE_LIMITED = CloseCode(4030, "rate_limited", True, "messages too fast; reconnect, send slower")
+TOO_MANY_CONNECTIONS = CloseCode(
+    4031, "too_many_connections", True, "too many connections from this address; retry later"
+)
+ROOM_FULL = CloseCode(4032, "room_full", False, "the session has its maximum of watchers")
 
 ALL = [
     NORMAL,
@@ -46,6 +51,9 @@ ALL = [
     SESSION_ENDED,
     LAGGING,
     TOO_MANY_ERRORS,
+    RATE_LIMITED,
+    TOO_MANY_CONNECTIONS,
+    ROOM_FULL,
 ]
 BY_CODE = {c.code: c for c in ALL}
 

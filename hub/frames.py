@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from hub.schemas import Metrics, TaskStatus
+from hub.schemas import Metrics, TaskName, TaskStatus
 
 PROTOCOL_VERSION = 1
 MAX_BATCH = 500
@@ -69,7 +69,7 @@ class TaskFrame(
     seq: Seq
     ts: Timestamp
     task_id: uuid.UUID
-    task_name: Annotated[str, Meta(min_length=1, max_length=100)]
+    task_name: TaskName
     event: TaskEventKind
     status: TaskStatus
     duration_seconds: Annotated[float, Meta(ge=0, le=86_400)] | None = None

@@ -74,9 +74,9 @@ def uuid_path(name: str, what: str) -> Param:
 
 
 def all_operations() -> list[Operation]:
-    from hub.endpoints import health, sessions, tasks
+    from hub.endpoints import admin, health, sessions, tasks
 
-    return [*sessions.OPERATIONS, *tasks.OPERATIONS, *health.OPERATIONS]
+    return [*sessions.OPERATIONS, *tasks.OPERATIONS, *admin.OPERATIONS, *health.OPERATIONS]
 
 
 def build_openapi(operations: list[Operation] | None = None) -> dict[str, Any]:

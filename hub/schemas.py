@@ -19,13 +19,14 @@ from hub.storage.models import TASK_STATUSES
 TaskStatus = Literal["pending", "in_progress", "success", "failed", "skipped"]
 assert set(get_args(TaskStatus)) == set(TASK_STATUSES)  # one list, two spellings
 
+# (?!\n): `$` alone would also match before a trailing newline.
+METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*(?!\n)$"
 MetricName = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=100,
-        # (?!\n): `$` alone would also match before a trailing newline.
-        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*(?!\n)$",
+        pattern=METRIC_NAME_PATTERN,
         description="Metric name such as `accuracy`, `stability`, `max_angle`.",
     ),
 ]
@@ -34,8 +35,15 @@ MetricValue = Annotated[float, Meta(ge=-1e12, le=1e12)]
 Metrics = Annotated[dict[MetricName, MetricValue], Meta(max_length=200)]
 
 
+# PostgreSQL text cannot hold NUL characters; refuse them up front (422, not 500).
+NO_NUL = r"^[^\x00]*$"
+TaskName = Annotated[
+    str, Meta(min_length=1, max_length=100, pattern=NO_NUL, description="e.g. `raise_hand`")
+]
+
+
 class SessionCreate(Struct, forbid_unknown_fields=True):
-    child_name: Annotated[str, Meta(min_length=1, max_length=200)]
+    child_name: Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
     child_age: Annotated[int, Meta(ge=0, le=25)] | None = None
     child_height_cm: Annotated[float, Meta(gt=20, lt=250)] | None = None
     child_weight_kg: Annotated[float, Meta(gt=1, lt=300)] | None = None
@@ -64,7 +72,7 @@ class SessionPage(Struct):
 
 
 class TaskCreate(Struct, forbid_unknown_fields=True):
-    task_name: Annotated[str, Meta(min_length=1, max_length=100, description="e.g. `raise_hand`")]
+    task_name: TaskName
     duration_seconds: Annotated[float, Meta(ge=0, le=86_400)] | None = None
     status: TaskStatus = "pending"
     metrics: Metrics = msgspec.field(default_factory=dict)
@@ -140,3 +148,22 @@ class ErrorBody(Struct):
     error: str  # machine-readable code: validation_error, not_found, payload_too_large, …
     message: str
     fields: list[FieldError] | None = None
+
+
+class AuditOut(Struct):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str  # read_session, list_sessions, read_tasks, read_metrics, read_series, watch, …
+    session_id: uuid.UUID | None
+
+
+class AuditPage(Struct):
+    items: list[AuditOut]
+    # Pass as `before_id` for the next (older) page; null on the last page.
+    next_before_id: int | None = None
+
+
+class Deleted(Struct):
+    deleted: uuid.UUID

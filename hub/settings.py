@@ -27,7 +27,8 @@ def normalize_database_url(raw: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if value.startswith(prefix):
             return "postgresql+asyncpg://" + value[len(prefix) :]
-    shown = value.split("://", 1)[0] + "://…" if "://" in value else repr(value[:20])
+    # Never echo the value: it may hold a password.
+    shown = f"a {value.split('://', 1)[0]!r} URL" if "://" in value else "a value without a scheme"
     raise SettingsError(f"DATABASE_URL must start with {ACCEPTED_URL_FORMS}; got {shown}")
 
 

@@ -112,7 +112,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def clean_db(engine: AsyncEngine) -> AsyncEngine:
     """Every test starts from empty tables."""
     async with engine.begin() as conn:
-        await conn.execute(text("TRUNCATE sessions, tasks, metrics, frames CASCADE"))
+        await conn.execute(text("TRUNCATE sessions, tasks, metrics, frames, audit_log CASCADE"))
     return engine
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from hub.storage.models import Base
 from tests.conftest import ROOT, _admin, upgrade
 
-TABLES = {"sessions", "tasks", "metrics", "frames", "alembic_version"}
+TABLES = {"sessions", "tasks", "metrics", "frames", "audit_log", "alembic_version"}
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal, Role
 from hub.context import context
 from hub.schemas import ErrorBody, FieldError
+from hub.storage import repository
 
 _encoder = msgspec.json.Encoder()
 
@@ -116,7 +117,12 @@ def parse_uuid(raw: str, what: str) -> uuid.UUID:
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """Read the body, refusing (413) past `max_bytes` without buffering the excess."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdecimal()
+        and (int(declared) > max_bytes)
+    ):
         raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
@@ -197,3 +203,10 @@ def _json_type(value: Any) -> str:
     return {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(
         type(value), "null" if value is None else type(value).__name__
     )
+
+
+async def audit(request: Request, action: str, session_id: uuid.UUID | None) -> None:
+    """Record that the caller read `session_id` (or a list, for None)."""
+    principal: Principal = request.state.principal
+    async with context(request).sessionmaker() as db:
+        await repository.record_access(db, principal.subject, principal.role, action, session_id)

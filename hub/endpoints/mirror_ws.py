@@ -8,7 +8,7 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.context import context
-from hub.endpoints.ws_common import handshake, welcome
+from hub.endpoints.ws_common import handshake, limit_per_client, welcome
 from hub.frames import (
     End,
     Hello,
@@ -26,6 +26,7 @@ log = logging.getLogger("hub.mirror")
 MAX_ERRORS_IN_A_ROW = 20
 
 
+@limit_per_client
 async def mirror_endpoint(websocket: WebSocket) -> None:
     ctx = context(websocket)
     live_hub = ctx.live

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from starlette.requests import Request
@@ -10,6 +11,7 @@ from starlette.responses import Response
 from hub.context import context
 from hub.endpoints.common import (
     HTTPError,
+    audit,
     decode_body,
     json_response,
     not_found,
@@ -18,6 +20,7 @@ from hub.endpoints.common import (
 )
 from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
 from hub.schemas import (
+    METRIC_NAME_PATTERN,
     FieldError,
     SeriesOut,
     SeriesPoint,
@@ -30,6 +33,7 @@ from hub.storage import repository
 from hub.storage.models import Session
 
 MAX_PAGE = 200
+METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 MAX_POINTS = 10_000
 
 
@@ -50,7 +54,8 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # Not str.isdigit(): it accepts "²" and other digits int() refuses.
+    if not raw.isascii() or not raw.isdecimal() or not low <= int(raw) <= high:
         raise _bad_query(name, f"must be an integer from {low} to {high}")
     return int(raw)
 
@@ -65,6 +70,8 @@ def query_time(request: Request, name: str) -> datetime | None:
         raise _bad_query(name, "must be an ISO 8601 timestamp with a time zone") from None
     if value.tzinfo is None:
         raise _bad_query(name, "must include a time zone, e.g. 2026-11-26T10:00:00Z")
+    if not repository.EARLIEST <= value <= repository.LATEST:
+        raise _bad_query(name, "must be between the years 1970 and 9999")
     return value
 
 
@@ -98,6 +105,7 @@ async def get_session(request: Request) -> Response:
         row = await repository.get_session(db, session_id)
     if row is None:
         raise not_found("session")
+    await audit(request, "read_session", session_id)
     return json_response(session_out(row))
 
 
@@ -113,14 +121,15 @@ async def list_sessions(request: Request) -> Response:
             )
         except repository.BadCursor as exc:
             raise _bad_query("cursor", str(exc)) from None
+    await audit(request, "list_sessions", None)
     return json_response(SessionPage(items=[session_out(r) for r in rows], next_cursor=next_cursor))
 
 
 async def metric_series(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
     metric = request.query_params.get("metric", "")
-    if not metric or len(metric) > 100:
-        raise _bad_query("metric", "is required (a metric name such as accuracy)")
+    if len(metric) > 100 or not METRIC_NAME.fullmatch(metric):
+        raise _bad_query("metric", "is required: a metric name such as accuracy")
     bucket_ms = query_int(request, "bucket_ms", 0, 0, 86_400_000) or None
     limit = query_int(request, "limit", MAX_POINTS, 1, MAX_POINTS)
     since, until = query_time(request, "since"), query_time(request, "until")
@@ -130,6 +139,7 @@ async def metric_series(request: Request) -> Response:
         )
     if rows is None:
         raise not_found("session")
+    await audit(request, "read_series", session_id)
     points = [SeriesPoint(t=t, value=v, seq=s) for t, v, s in rows]
     return json_response(
         SeriesOut(session_id=session_id, metric=metric, bucket_ms=bucket_ms, points=points)
@@ -198,7 +208,12 @@ OPERATIONS = [
             Param(
                 "metric",
                 "query",
-                {"type": "string", "minLength": 1, "maxLength": 100},
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 100,
+                    "pattern": METRIC_NAME_PATTERN,
+                },
                 "metric name, e.g. accuracy",
                 True,
             ),

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from hub.context import context
 from hub.endpoints.common import (
+    audit,
     decode_body,
     json_response,
     not_found,
@@ -61,6 +62,7 @@ async def list_tasks(request: Request) -> Response:
         rows = await repository.list_tasks(db, session_id)
     if rows is None:
         raise not_found("session")
+    await audit(request, "read_tasks", session_id)
     return json_response([task_out(r) for r in rows])
 
 
@@ -81,6 +83,7 @@ async def list_metrics(request: Request) -> Response:
     async with context(request).sessionmaker() as db:
         task = await _task_of_caller(request, db, task_id)
         rows = await repository.list_metrics(db, task)
+    await audit(request, "read_metrics", task.session_id)
     return json_response([metric_out(r) for r in rows])
 
 

@@ -8,16 +8,18 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.context import context
-from hub.endpoints.ws_common import handshake, welcome
+from hub.endpoints.ws_common import handshake, limit_per_client, welcome
 from hub.frames import Ended, ProtocolError, encode, error_message
 from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Watcher
 from hub.live.session import LiveSession
+from hub.storage import repository
 
 log = logging.getLogger("hub.watch")
 
 
+@limit_per_client
 async def watch_endpoint(websocket: WebSocket) -> None:
     ctx = context(websocket)
     live_hub = ctx.live
@@ -35,6 +37,18 @@ async def watch_endpoint(websocket: WebSocket) -> None:
         return
     if not live_hub.accepting:
         await close(websocket, closecodes.RESTART)
+        return
+    if len(live.room.watchers) >= ctx.settings.max_watchers_per_session:
+        await close(websocket, closecodes.ROOM_FULL)
+        return
+    try:  # no unaudited watching: if the trail cannot be written, nobody watches
+        async with ctx.sessionmaker() as db:
+            await repository.record_access(
+                db, principal.subject, principal.role, "watch", session_id
+            )
+    except Exception as exc:
+        log.warning("audit of a watch of session=%s failed: %s", session_id, type(exc).__name__)
+        await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")
         return
 
     # From `join` to the end of the catch-up plan nothing awaits, so no frame can slip between

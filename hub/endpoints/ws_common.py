@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from starlette.websockets import WebSocket
 
 from hub import closecodes
+from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal
+from hub.context import HubContext, context
 from hub.frames import (
     PROTOCOL_VERSION,
     Hello,
@@ -18,8 +21,6 @@ from hub.frames import (
     encode,
     error_message,
 )
-from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal
-from hub.context import HubContext
 from hub.live.connection import close
 from hub.live.session import LiveSession
 from hub.settings import Settings
@@ -130,3 +131,27 @@ def welcome(
             max_message_bytes=settings.ws_max_message_bytes,
         )
     ).decode()
+
+
+def limit_per_client(
+    endpoint: Callable[[WebSocket], Awaitable[None]],
+) -> Callable[[WebSocket], Awaitable[None]]:
+    """Cap the open WebSockets per client address (HUB_MAX_CONNECTIONS_PER_CLIENT)."""
+
+    async def limited(websocket: WebSocket) -> None:
+        ctx = context(websocket)
+        host = websocket.client.host if websocket.client else "unknown"
+        counts = ctx.live.connections_per_client
+        if counts[host] >= ctx.settings.max_connections_per_client:
+            await websocket.accept()
+            await close(websocket, closecodes.TOO_MANY_CONNECTIONS)
+            return
+        counts[host] += 1
+        try:
+            await endpoint(websocket)
+        finally:
+            counts[host] -= 1
+            if not counts[host]:
+                del counts[host]
+
+    return limited

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket
@@ -52,13 +53,14 @@ async def pump(
     websocket: WebSocket,
     outbox: Outbox,
     on_text: Callable[[str], Awaitable[None]],
+    rate: float,
     link: MirrorLink | None = None,
 ) -> None:
     """Run a connection: a writer task drains the outbox, a reader task hands each text
     message to `on_text`. Ends when the peer leaves or a close is requested on the outbox;
     then closes the socket with the requested code."""
     writer = asyncio.create_task(run_writer(websocket, outbox, link))
-    reader = asyncio.create_task(_read(websocket, outbox, on_text))
+    reader = asyncio.create_task(_read(websocket, outbox, on_text, RateLimit(rate)))
     closing = asyncio.create_task(outbox.closing.wait())
     try:
         await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
@@ -76,11 +78,36 @@ async def pump(
         await asyncio.gather(writer, reader, closing, return_exceptions=True)
 
 
+class RateLimit:
+    """Token bucket: `rate` messages a second on average, bursts of up to twice that."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = 2 * rate
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 async def _read(
-    websocket: WebSocket, outbox: Outbox, on_text: Callable[[str], Awaitable[None]]
+    websocket: WebSocket,
+    outbox: Outbox,
+    on_text: Callable[[str], Awaitable[None]],
+    rate_limit: RateLimit,
 ) -> None:
     while outbox.close_code is None:
         message = await websocket.receive()
+        if message["type"] != "websocket.disconnect" and not rate_limit.allow():
+            outbox.close(closecodes.RATE_LIMITED)
+            return
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -61,6 +62,7 @@ class LiveHub:
         self.pool: asyncpg.Pool | None = None
         self.flusher: Flusher | None = None
         self.connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
+        self.connections_per_client: Counter[str] = Counter()
         self._shutdown_done: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -195,15 +197,21 @@ class LiveHub:
                 live.on_stored(seq)
                 self._evict_if_idle(live)
 
+    def erase(self, session_id: uuid.UUID) -> None:
+        """The session is being deleted: close its clients and forget it. Frames of it still
+        buffered fail their foreign key when flushed and are dropped (`_orphaned`)."""
+        live = self.sessions.pop(session_id, None)
+        if live is None:
+            return
+        live.ended = True  # a writer still holding the object can no longer end it
+        if live.mirror is not None:
+            live.mirror.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
+        for watcher in live.room.watchers:
+            watcher.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
+
     def _orphaned(self, session_ids: set[uuid.UUID]) -> None:
         for session_id in session_ids:
-            live = self.sessions.pop(session_id, None)
-            if live is None:
-                continue
-            if live.mirror is not None:
-                live.mirror.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
-            for watcher in live.room.watchers:
-                watcher.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
+            self.erase(session_id)
 
     # Watchers ----------------------------------------------------------------------------
 
@@ -232,7 +240,8 @@ class LiveHub:
         link: MirrorLink | None = None,
     ) -> None:
         """Run one connection until it ends; shutdown waits for every one of them."""
-        task = asyncio.create_task(pump(websocket, outbox, on_text, link))
+        rate = self.settings.ws_max_messages_per_s
+        task = asyncio.create_task(pump(websocket, outbox, on_text, rate, link))
         self.connections.add(task)
         try:
             await asyncio.shield(task)

@@ -132,3 +132,21 @@ class Frame(Base):
     device_ts: Mapped[float] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class AuditEntry(Base):
+    """Who read or watched which session, and when. No foreign key: the trail of a session
+    outlives nothing (erasure removes it), but must not block deleting the session."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_session_id_at", "session_id", "at"),
+        Index("ix_audit_log_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(40))
+    session_id: Mapped[uuid.UUID | None]

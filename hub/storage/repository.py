@@ -9,13 +9,17 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import Float, and_, func, or_, select
+from sqlalchemy import Float, and_, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.schemas import MetricsBatch, SessionCreate, TaskCreate
-from hub.storage.models import Frame, Metric, Session, Task
+from hub.storage.models import AuditEntry, Frame, Metric, Session, Task
+
+# Timestamps outside this range are refused: PostgreSQL cannot bind every Python datetime.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 class BadCursor(ValueError):
@@ -32,8 +36,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, _, ident = raw.partition("|")
         created_at = datetime.fromisoformat(when)
-        if created_at.tzinfo is None:
-            raise ValueError("naive timestamp")
+        if created_at.tzinfo is None or not EARLIEST <= created_at <= LATEST:
+            raise ValueError("timestamp out of range")
         return created_at, uuid.UUID(ident)
     except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise BadCursor("cursor is not one this API returned") from exc
@@ -162,3 +166,32 @@ async def metric_series(
             .limit(limit)
         )
     return [(t, float(v), int(s)) for t, v, s in (await db.execute(query)).all()]
+
+
+async def record_access(
+    db: AsyncSession, actor: str, role: str, action: str, session_id: uuid.UUID | None
+) -> None:
+    await db.execute(
+        insert(AuditEntry).values(actor=actor, role=role, action=action, session_id=session_id)
+    )
+    await db.commit()
+
+
+async def list_audit(
+    db: AsyncSession, *, limit: int, session_id: uuid.UUID | None, before_id: int | None
+) -> Sequence[AuditEntry]:
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if session_id is not None:
+        query = query.where(AuditEntry.session_id == session_id)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    return (await db.scalars(query)).all()
+
+
+async def erase_session(db: AsyncSession, session_id: uuid.UUID) -> bool:
+    """Delete the session with everything of it (tasks, metrics, frames: ON DELETE CASCADE)
+    and its audit trail, which names it. False if there was no such session."""
+    deleted = await db.execute(delete(Session).where(Session.id == session_id))
+    await db.execute(delete(AuditEntry).where(AuditEntry.session_id == session_id))
+    await db.commit()
+    return bool(deleted.rowcount)  # type: ignore[attr-defined]

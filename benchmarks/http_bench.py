@@ -1,0 +1,319 @@
+"""HTTP API under concurrent load: 100 concurrent task writes, then 100 concurrent task reads.
+
+Starts a real hub (`python -m hub serve`) on a free port with a fresh database created for the
+run and dropped afterwards, or measures a hub that is already running (`--url`). One session
+is created; each round then fires `--concurrency` concurrent `POST /sessions/{id}/tasks`
+and, once they are all answered, as many concurrent `GET /sessions/{id}/tasks` (the list
+grows by `--concurrency` tasks a round). For each batch it prints the wall time and the
+p50 / p99 latency of the single requests, and at the end the median over the rounds.
+
+    python benchmarks/http_bench.py                      # own hub, own database
+    python benchmarks/http_bench.py --url http://127.0.0.1:8000 --token "$(hub token create \
+        --role therapist --name bench --ttl 1h)"
+    python benchmarks/http_bench.py --admin-url postgresql://postgres@db:5432/postgres
+    python benchmarks/http_bench.py --pool per-connection   # one client per connection
+
+The admin URL names a database on the server in which `CREATE DATABASE` may be run (default
+postgresql://postgres@127.0.0.1:5432/test, or $BENCH_ADMIN_URL). A hub the benchmark starts
+signs with a random secret, and the benchmark gets its credential from `hub token create`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# What the original backend took for 100 concurrent requests, for comparison.
+REFERENCE_S = 0.8
+STARTUP_TIMEOUT_S = 60.0
+HUB = (sys.executable, "-m", "hub")
+TASK = {"task_name": "raise_hand", "duration_seconds": 15.5, "status": "success"}
+
+
+@dataclass
+class Batch:
+    wall_s: float
+    latencies_s: list[float]
+    # CPU the benchmark client itself used: on a small machine it competes with the hub.
+    client_cpu_s: float
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies_s, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies_s, 99)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_url: str) -> AsyncIterator[str]:
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(asyncpg_dsn(admin_url), name)
+    finally:
+        admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        print(f"dropped database {name}")
+
+
+@contextlib.asynccontextmanager
+async def hub_process(database_url: str, port: int) -> AsyncIterator[tuple[str, str]]:
+    """`hub serve` on `port` (migrating the empty database first) until the block ends;
+    yields its base URL and a therapist's credential for it."""
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "HUB_LOG_LEVEL": "warning",
+        "HUB_AUTH_SECRET": secrets.token_urlsafe(48),
+    }
+    with tempfile.TemporaryFile() as log:
+        proc = await asyncio.create_subprocess_exec(
+            *HUB,
+            "serve",
+            "--port",
+            str(port),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await wait_healthy(base, proc)
+                token = await create_token(env)
+            yield base, token
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(30):
+                        await proc.wait()
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def create_token(env: dict[str, str]) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *HUB,
+        "token",
+        "create",
+        "--role",
+        "therapist",
+        "--name",
+        "http-bench",
+        "--ttl",
+        "1h",
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"hub token create failed: {err.decode(errors='replace')}")
+    return out.decode().strip()
+
+
+async def wait_healthy(base: str, proc: asyncio.subprocess.Process) -> None:
+    async with httpx.AsyncClient() as client:
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError(f"hub exited with {proc.returncode}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"{base}/health", timeout=1.0)).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)  # polling the port: the only readiness signal there is
+
+
+async def timed(call: Callable[[], Awaitable[httpx.Response]], expected: int) -> float:
+    start = time.perf_counter()
+    response = await call()
+    elapsed = time.perf_counter() - start
+    if response.status_code != expected:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url}: "
+            f"{response.status_code} {response.text[:200]}"
+        )
+    return elapsed
+
+
+async def batch(calls: list[Callable[[], Awaitable[httpx.Response]]], expected: int) -> Batch:
+    start, cpu = time.perf_counter(), time.process_time()
+    latencies = await asyncio.gather(*(timed(call, expected) for call in calls))
+    return Batch(time.perf_counter() - start, list(latencies), time.process_time() - cpu)
+
+
+def line(label: str, result: Batch) -> str:
+    return (
+        f"{label:<6} wall {result.wall_s:7.3f} s   p50 {result.p50 * 1000:8.1f} ms   "
+        f"p99 {result.p99 * 1000:8.1f} ms   (client CPU {result.client_cpu_s:5.2f} s)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def clients(
+    base: str, token: str | None, concurrency: int, pool: str
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """The HTTP clients a batch spreads its requests over (round-robin).
+
+    shared: one client with `concurrency` connections. per-connection: `concurrency`
+    clients of one connection each, like as many independent users; httpx's connection pool
+    costs CPU that grows with the connections it manages, so on a small machine the shared
+    pool can be the bottleneck of the measurement (see the client CPU column).
+    """
+    # Below uvicorn's 5 s keep-alive timeout: reusing a connection the server is closing
+    # at that moment fails with ReadError.
+    keepalive_s = 2.0
+    count, per_client = (1, concurrency) if pool == "shared" else (concurrency, 1)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(
+        max_connections=per_client,
+        max_keepalive_connections=per_client,
+        keepalive_expiry=keepalive_s,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60.0)
+            )
+            for _ in range(count)
+        ]
+
+
+async def run(base: str, token: str | None, rounds: int, concurrency: int, pool: str) -> None:
+    async with clients(base, token, concurrency, pool) as pool_clients:
+        client = pool_clients[0]
+        response = await client.post(
+            "/sessions", json={"child_name": "Bench Child", "child_age": 7}
+        )
+        if response.status_code == 401:
+            raise SystemExit("the hub wants a credential: pass --token (see `hub token create`)")
+        response.raise_for_status()
+        session_id = response.json()["id"]
+        tasks_url = f"/sessions/{session_id}/tasks"
+        print(
+            f"hub {base}, session {session_id}: {concurrency} concurrent requests per batch, "
+            f"{pool} connection pool"
+        )
+        spread = [pool_clients[i % len(pool_clients)] for i in range(concurrency)]
+        posts: list[Batch] = []
+        gets: list[Batch] = []
+        for number in range(1, rounds + 1):
+            post = await batch([partial(c.post, tasks_url, json=TASK) for c in spread], 201)
+            get = await batch([partial(c.get, tasks_url) for c in spread], 200)
+            listed = len((await client.get(tasks_url)).json())
+            posts.append(post)
+            gets.append(get)
+            print(f"round {number}: ({listed} tasks listed after the round)")
+            print("  " + line("POST", post))
+            print("  " + line("GET", get))
+
+    print(f"\nmedian over {rounds} rounds:")
+    for label, results in (("POST", posts), ("GET", gets)):
+        wall = statistics.median(r.wall_s for r in results)
+        p50 = statistics.median(r.p50 for r in results)
+        p99 = statistics.median(r.p99 for r in results)
+        cpu = statistics.median(r.client_cpu_s for r in results)
+        print(
+            f"  {label:<6} wall {wall:7.3f} s   p50 {p50 * 1000:8.1f} ms   "
+            f"p99 {p99 * 1000:8.1f} ms   (client CPU {cpu:5.2f} s)"
+        )
+    print(f"reference: the original backend took ~{REFERENCE_S} s for 100 concurrent requests")
+    print(f"(client machine: {os.cpu_count()} CPUs; a local hub and PostgreSQL share them)")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="base URL of a running hub (default: start one)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("HUB_TOKEN"),
+        help="credential for --url (therapist or admin; default $HUB_TOKEN)",
+    )
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("BENCH_ADMIN_URL", DEFAULT_ADMIN_URL),
+        help="PostgreSQL URL in which to create the benchmark database",
+    )
+    parser.add_argument("--port", type=int, default=0, help="port for the hub (default: free)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--pool",
+        choices=["shared", "per-connection"],
+        default="shared",
+        help="one client with all connections, or one client per connection",
+    )
+    args = parser.parse_args()
+
+    if args.url:
+        await run(args.url.rstrip("/"), args.token, args.rounds, args.concurrency, args.pool)
+        return
+    async with (
+        fresh_database(args.admin_url) as database_url,
+        hub_process(database_url, args.port or free_port()) as (base, token),
+    ):
+        await run(base, token, args.rounds, args.concurrency, args.pool)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
