@@ -27,10 +27,9 @@ async def follow(hub: HubProcess, session_id: str, seen: list[int], done: asynci
     while len(seen) < FRAMES:
         try:
             async with connect(f"{hub.ws}/ws/sessions/{session_id}/watch") as ws:
-                hello: dict[str, object] = {"type": "hello", "token": token("therapist")}
-                if seen:
-                    hello["since"] = seen[-1]
-                await send(ws, hello)
+                # since=0 at first: every frame from the start, whenever this task gets to run.
+                since = seen[-1] if seen else 0
+                await send(ws, {"type": "hello", "token": token("therapist"), "since": since})
                 async for raw in ws:
                     message = orjson.loads(raw)
                     if message["type"] in ("metrics", "task"):
