@@ -5,7 +5,8 @@ library, and uses `orjson` when it is installed. Every frame gets the next `seq`
 an in-memory store until the hub acks it as committed to PostgreSQL, so a dropped connection,
 a hub restart or a rejected batch loses nothing: the client reconnects and resends.
 
-    client = MirrorClient("http://127.0.0.1:8000", session_id)
+    session_id, mirror_token = create_session_with_token(URL, "Ada", token=STAFF_TOKEN)
+    client = MirrorClient(URL, session_id, mirror_token)
     await client.start()
     await client.send_metrics({"accuracy": 0.91, "stability": 0.8})
     await client.end(timeout=30)   # everything acked, session marked ended
@@ -23,6 +24,7 @@ import math
 import random
 import re
 import time
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
@@ -45,10 +47,10 @@ except ImportError:  # orjson is optional: it is only faster
 PROTOCOL = 1
 # Close codes after which reconnecting cannot help (reconnect=False in hub/closecodes.py).
 # Any other code, including 1006 for a dropped network, means: back off, reconnect, resume.
-FINAL_CLOSE_CODES = {1000, 1002, 1003, 1008, 4001, 4004, 4005}
-# The hub closes with 1009 past 65,536 bytes per message by default; 1009 is a "reconnect"
-# code, so an oversized batch would be resent forever. Stay under it with a margin.
-MAX_MESSAGE_BYTES = 60_000
+FINAL_CLOSE_CODES = {1000, 1002, 1003, 1008, 1009, 4001, 4004, 4005, 4029}
+# The hub's default message size limit. Each `welcome` states the real one
+# (`max_message_bytes`); until the first welcome, frames are checked against this default.
+DEFAULT_MAX_MESSAGE_BYTES = 65_536
 HANDSHAKE_TIMEOUT = 10.0
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}")
 TASK_EVENTS = {"started", "status", "finished"}
@@ -73,17 +75,36 @@ def ws_url(base_url: str, path: str) -> str:
     return base + path
 
 
-def create_session(base_url: str, child_name: str, timeout: float = 10.0, **child: Any) -> str:
-    """POST /sessions (blocking, stdlib only); returns the new session id."""
+def create_session_with_token(
+    base_url: str,
+    child_name: str,
+    timeout: float = 10.0,
+    *,
+    token: str | None = None,
+    **child: Any,
+) -> tuple[str, str | None]:
+    """POST /sessions (blocking, stdlib only) with a staff `token` (admin or therapist).
+    Returns the new session's id and its `mirror_token`, the credential the mirror streams
+    with (None when the hub runs without authentication). Raises urllib.error.HTTPError,
+    e.g. 401 without a valid token."""
     url = base_url.rstrip("/")
     if url.startswith(("ws://", "wss://")):
         url = "http" + url.removeprefix("ws")
     body = dumps({"child_name": child_name, **child}).encode()
-    request = urllib.request.Request(
-        url + "/sessions", body, {"Content-Type": "application/json"}, method="POST"
-    )
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url + "/sessions", body, headers, method="POST")
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return str(json.loads(response.read())["id"])
+        created = json.loads(response.read())
+    return str(created["id"]), created.get("mirror_token")
+
+
+def create_session(
+    base_url: str, child_name: str, timeout: float = 10.0, *, token: str | None = None, **child: Any
+) -> str:
+    """POST /sessions; returns the new session id (see create_session_with_token)."""
+    return create_session_with_token(base_url, child_name, timeout, token=token, **child)[0]
 
 
 def checked_metrics(values: dict[str, float]) -> dict[str, float]:
@@ -123,6 +144,8 @@ class MirrorClient:
         self._cursor = 1  # next seq to write on the current connection
         self._rewound_to = 0  # last seq_gap rewind target on this connection
         self._max_batch = 500
+        self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES  # from each welcome
+        self._last_error = ""  # the latest `error` frame, to explain a close that follows it
         self._wakeup = asyncio.Event()  # new frames queued / cursor moved / end requested
         self._progress = asyncio.Event()  # replaced on every change; waiters await the old one
         self._ending = self._ended = False
@@ -247,8 +270,10 @@ class MirrorClient:
         frame["seq"] = seq = self._last_seq + 1
         text = dumps(frame)
         size = len(text.encode())
-        if size + len(_BATCH_HEAD) + len(_BATCH_TAIL) > MAX_MESSAGE_BYTES:
-            raise ValueError(f"frame of {size} bytes is over the hub's message size limit")
+        if size + len(_BATCH_HEAD) + len(_BATCH_TAIL) > self._max_message_bytes:
+            raise ValueError(
+                f"frame of {size} bytes is over the hub's limit of {self._max_message_bytes}"
+            )
         self._frames[seq] = (text, size)
         self._last_seq = seq
         self._wakeup.set()
@@ -302,7 +327,10 @@ class MirrorClient:
             if exc.rcvd is None:
                 return 1006, "connection lost", True
             code = exc.rcvd.code
-            return code, exc.rcvd.reason, code not in FINAL_CLOSE_CODES
+            reason = exc.rcvd.reason
+            if self._last_error and code in FINAL_CLOSE_CODES and code != 1000:
+                reason = f"{reason} ({self._last_error})"  # e.g. 1002 after unsupported_protocol
+            return code, reason, code not in FINAL_CLOSE_CODES
         except InvalidStatus as exc:  # HTTP answer instead of a WebSocket upgrade
             status = exc.response.status_code
             return 1006, f"HTTP {status} on upgrade", status >= 500 or status == 429
@@ -313,20 +341,28 @@ class MirrorClient:
             return 1006, f"{type(exc).__name__}: {exc}", True
 
     async def _handshake(self, ws: ClientConnection) -> bool:
+        self._last_error = ""
         await ws.send(dumps({"type": "hello", "token": self._token, "protocol": PROTOCOL}))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             welcome = json.loads(await ws.recv())
-            while welcome.get("type") != "welcome":  # e.g. an `error` before the close
+            while welcome.get("type") != "welcome":
+                # An `error` (unsupported_protocol, hello_required …) comes before the close.
+                if welcome.get("type") == "error":
+                    self._last_error = f"{welcome.get('code')}: {welcome.get('message', '')}"
                 welcome = json.loads(await ws.recv())
         hub_seq = int(welcome["last_seq"])
+        hub_acked = int(welcome.get("acked_seq", 0))
         self._max_batch = int(welcome.get("max_batch", self._max_batch))
+        self._max_message_bytes = int(welcome.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         if hub_seq > self._last_seq:
             if self._last_seq:  # someone else wrote these seqs: ours would be dropped
                 self.close_reason = f"hub has seq {hub_seq}, this client only {self._last_seq}"
                 return False
             # A restarted app resuming a session: continue after what the hub has.
             self._last_seq = self._acked_seq = hub_seq
-        # The hub has everything <= hub_seq; those frames stay stored here until acked.
+        # `acked_seq` is an implicit ack: everything up to it is committed. Frames the hub has
+        # accepted but not yet committed (acked_seq < seq <= last_seq) stay here until acked.
+        self._on_ack(hub_acked)
         self._cursor = max(hub_seq, self._acked_seq) + 1
         self._rewound_to = 0
         self._connections += 1
@@ -356,6 +392,8 @@ class MirrorClient:
             elif kind == "error" and not self._on_error(message):
                 await ws.close(1000)
                 return
+            elif kind == "error":
+                self._last_error = f"{message.get('code')}: {message.get('message', '')}"
             elif kind == "ended":
                 self._ended = True
                 self._notify()
@@ -371,11 +409,16 @@ class MirrorClient:
     def _on_error(self, message: dict[str, Any]) -> bool:
         """Handle an `error`; False means nobody can fix it and the client must stop."""
         code, text = message.get("code"), str(message.get("message", ""))
+        expected_seq = message.get("expected_seq")  # on seq_gap and duplicate_seq
         if code == "duplicate_seq":
-            return True  # the hub already has that frame; its ack will come
+            # The hub already has that frame (its ack will come) and everything before
+            # `expected_seq`: skip ahead instead of resending frames it has.
+            if isinstance(expected_seq, int) and expected_seq > self._cursor:
+                self._cursor = min(expected_seq, self._last_seq + 1)
+                self._wakeup.set()
+            return True
         if code == "seq_gap":
-            found = re.search(r"expected (?:seq )?(\d+)", text)
-            expected = int(found[1]) if found else self._acked_seq + 1
+            expected = expected_seq if isinstance(expected_seq, int) else self._acked_seq + 1
             if expected <= self._acked_seq:
                 self.close_reason = f"hub expects seq {expected}, already acked: {text}"
                 return False
@@ -384,8 +427,12 @@ class MirrorClient:
                 self._rewound_to = self._cursor = expected
                 self._wakeup.set()
             return True
-        # invalid_frame, malformed_json, …: a bug in this client; resending cannot help.
-        self.close_reason = f"{code}: {text} (seq {message.get('seq')})"
+        # end_mismatch cannot happen to this client (it sends `end` only once everything is
+        # acked) unless another writer used the session. invalid_frame, malformed_json, …
+        # are bugs in this client. Resending cannot help with any of them.
+        self.close_reason = f"{code}: {text}"
+        if message.get("seq") is not None:
+            self.close_reason += f" (seq {message['seq']})"
         return False
 
     async def _write_loop(self, ws: ClientConnection) -> None:
@@ -403,7 +450,7 @@ class MirrorClient:
 
     def _next_message(self) -> str:
         """Frames from the cursor on: one frame, or a batch within max_batch and the size limit."""
-        budget = MAX_MESSAGE_BYTES - len(_BATCH_HEAD) - len(_BATCH_TAIL)
+        budget = self._max_message_bytes - len(_BATCH_HEAD) - len(_BATCH_TAIL)
         parts: list[str] = []
         seq = self._cursor
         while seq <= self._last_seq and len(parts) < self._max_batch:
@@ -411,6 +458,11 @@ class MirrorClient:
             budget -= size + 1  # + the comma
             if parts and budget < 0:
                 break
+            if size > self._max_message_bytes:  # the hub's limit is below a frame queued earlier
+                raise ValueError(
+                    f"frame {seq} ({size} bytes) is over the hub's limit of "
+                    f"{self._max_message_bytes} bytes"
+                )
             parts.append(text)
             seq += 1
         self._cursor = seq
@@ -426,8 +478,20 @@ def _ts(ts: float | None) -> float:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    session_id = args.session or await asyncio.to_thread(create_session, args.url, "Demo child")
-    client = MirrorClient(args.url, session_id, args.token)
+    session_id, token = args.session, args.token
+    if session_id is None:  # --token is a staff token; the session brings its mirror token
+        try:
+            session_id, mirror_token = await asyncio.to_thread(
+                create_session_with_token, args.url, "Demo child", token=args.token
+            )
+        except urllib.error.HTTPError as exc:
+            print(
+                f"POST /sessions failed: HTTP {exc.code}; --token must be an admin or "
+                "therapist token"
+            )
+            return 1
+        token = mirror_token or args.token
+    client = MirrorClient(args.url, session_id, token)
     await client.start()
     print(f"session {session_id}: {args.rate} frames/s for {args.seconds}s")
     try:
@@ -454,7 +518,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Stream demo frames as one mirror.")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--session", help="session id (default: create one)")
-    parser.add_argument("--token")
+    parser.add_argument(
+        "--token",
+        help="without --session: an admin or therapist token to create the session with "
+        "(the mirror then uses the session's mirror_token); with --session: a mirror token",
+    )
     parser.add_argument("--rate", type=float, default=30.0, help="metrics frames per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     raise SystemExit(asyncio.run(_main(parser.parse_args())))

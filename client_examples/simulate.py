@@ -5,8 +5,10 @@
 Each mirror creates its session over HTTP, then runs raise_hand → squat → balance (a `started`
 event, a mid-task `status` event, metrics at --rate Hz tagged with the task, a `finished`
 event with the duration and summary metrics), and finally ends the session. Values drift
-smoothly (mean-reverting random walks), like a real pose tracker's. Exits 0 when every frame
-of every mirror was acked and every session ended.
+smoothly (mean-reverting random walks), like a real pose tracker's. With --watchers N, N
+watchers follow each session and check that they saw every frame once, in order. Exits 0 when
+every frame of every mirror was acked, every session ended, and no watcher saw a gap, a
+duplicate or a missing frame.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import math
 import random
 import sys
 import time
+import urllib.error
 import uuid
 from dataclasses import dataclass, field
 
-from mirror_client import HubClosed, MirrorClient, create_session
+from mirror_client import HubClosed, MirrorClient, create_session_with_token
+from watcher_client import WatcherClient
 
 # Per task: extra metric → (mean, spread, low, high); every task also has accuracy, stability.
 TASKS = {
@@ -107,18 +111,52 @@ class Progress:
 
 
 async def main(args: argparse.Namespace) -> int:
-    def new_session(i: int) -> str:
-        return create_session(
+    def new_session(i: int) -> tuple[str, str | None]:
+        return create_session_with_token(
             args.url,
             f"{random.choice(NAMES)} (sim {i})",
+            token=args.token,
             child_age=random.randint(4, 14),
             child_height_cm=round(random.uniform(100, 165), 1),
             child_weight_kg=round(random.uniform(15, 55), 1),
         )
 
-    ids = await asyncio.gather(*(asyncio.to_thread(new_session, i) for i in range(args.mirrors)))
-    clients = [MirrorClient(args.url, session_id, args.token) for session_id in ids]
-    print(f"{len(clients)} sessions created; {args.rate:g} Hz for {args.seconds:g}s each")
+    try:
+        created = await asyncio.gather(
+            *(asyncio.to_thread(new_session, i) for i in range(args.mirrors))
+        )
+    except urllib.error.HTTPError as exc:
+        print(
+            f"FAILED: POST /sessions answered HTTP {exc.code}; --token must be an admin or"
+            " therapist token"
+        )
+        return 1
+    ids = [session_id for session_id, _ in created]
+    # Each mirror streams with its session's own mirror token; the watchers with --token.
+    clients = [
+        MirrorClient(args.url, session_id, mirror_token or args.token)
+        for session_id, mirror_token in created
+    ]
+    # on_message: count and check seqs only, queue nothing.
+    watchers = {
+        session_id: [
+            WatcherClient(args.url, session_id, args.token, on_message=_ignore)
+            for _ in range(args.watchers)
+        ]
+        for session_id in ids
+    }
+    print(
+        f"{len(clients)} sessions created; {args.rate:g} Hz for {args.seconds:g}s each"
+        f", {args.watchers} watcher(s) each"
+    )
+    for watcher in (w for ws in watchers.values() for w in ws):
+        await watcher.start()
+    try:  # so they see each session from its first frame
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(w.connected.wait() for ws in watchers.values() for w in ws))
+    except TimeoutError:
+        print("FAILED: watchers could not connect within 30 s")
+        return 1
     progress = Progress(clients)
     reporter = asyncio.create_task(progress.run())
     for client in clients:
@@ -128,11 +166,27 @@ async def main(args: argparse.Namespace) -> int:
         try:
             await run_mirror(client, args.rate, args.seconds)
             await client.end(timeout=args.end_timeout)
-            return None
         except (HubClosed, TimeoutError) as exc:
+            for watcher in watchers[client.session_id]:
+                await watcher.close()
             return f"session {client.session_id}: {exc!r}, {client.unacked} frames unacked"
         finally:
             await client.close()
+        problems = []
+        for i, watcher in enumerate(watchers[client.session_id]):
+            try:
+                await watcher.wait_closed(timeout=10)  # `ended`, then close 1000
+            except TimeoutError:
+                problems.append(f"watcher {i} did not see `ended`")
+            finally:
+                await watcher.close()
+            if watcher.gaps or watcher.duplicates or watcher.last_seq != client.last_seq:
+                problems.append(
+                    f"watcher {i}: last seq {watcher.last_seq} of {client.last_seq},"
+                    f" {watcher.gaps} gaps ({watcher.missing} frames),"
+                    f" {watcher.duplicates} duplicates"
+                )
+        return f"session {client.session_id}: {'; '.join(problems)}" if problems else None
 
     try:
         failures = [f for f in await asyncio.gather(*(one(c) for c in clients)) if f]
@@ -142,16 +196,33 @@ async def main(args: argparse.Namespace) -> int:
     for failure in failures:
         print(failure)
     total = sum(c.last_seq for c in clients)
-    print(f"{'FAILED' if failures else 'OK'}: {total} frames, {len(failures)} failed sessions")
+    all_watchers = [w for ws in watchers.values() for w in ws]
+    seen = sum(w.last_seq or 0 for w in all_watchers)
+    print(
+        f"{'FAILED' if failures else 'OK'}: {total} frames, {len(failures)} failed sessions;"
+        f" {len(all_watchers)} watchers saw {seen} frames,"
+        f" {sum(w.gaps for w in all_watchers)} gaps, "
+        f"{sum(w.duplicates for w in all_watchers)} duplicates,"
+        f" {sum(w.reconnects for w in all_watchers)} reconnects"
+    )
     return 1 if failures else 0
+
+
+def _ignore(message: dict[str, object]) -> None:
+    pass
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Simulate mirrors streaming to Mirror Hub.")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--mirrors", type=int, default=5)
+    parser.add_argument(
+        "--watchers", type=int, default=1, help="watchers per session, checking every frame"
+    )
     parser.add_argument("--rate", type=float, default=30.0, help="metrics frames/s per mirror")
     parser.add_argument("--seconds", type=float, default=30.0, help="session length")
-    parser.add_argument("--token")
+    parser.add_argument(
+        "--token", help="admin or therapist token: creates the sessions and watches them"
+    )
     parser.add_argument("--end-timeout", type=float, default=60.0, help="seconds to drain")
     raise SystemExit(asyncio.run(main(parser.parse_args())))

@@ -27,8 +27,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+PROTOCOL = 1
 # Close codes after which reconnecting cannot help (reconnect=False in hub/closecodes.py).
-FINAL_CLOSE_CODES = {1000, 1002, 1003, 1008, 4001, 4004, 4005}
+# 4032: the session already has its maximum of watchers.
+FINAL_CLOSE_CODES = {1000, 1002, 1003, 1008, 1009, 4001, 4004, 4005, 4029, 4032}
 HANDSHAKE_TIMEOUT = 10.0
 Message = dict[str, Any]
 Callback = Callable[[Message], Awaitable[None] | None]
@@ -71,6 +73,7 @@ class WatcherClient:
         self.closed = asyncio.Event()
         self.last_seq: int | None = since  # last frame seq seen; None = start from a snapshot
         self.hub_seq = 0  # the session's last seq according to the latest welcome
+        self.last_error: Message | None = None  # the latest `error` frame from the hub
         self.gaps = 0  # times a frame skipped ahead of last_seq + 1
         self.missing = 0  # frames those gaps skipped
         self.duplicates = 0  # frames at or below last_seq (dropped, not delivered)
@@ -145,7 +148,13 @@ class WatcherClient:
             if exc.rcvd is None:
                 return 1006, "connection lost", True
             # 4008 (we read too slowly), 1012 (hub restart) and friends: resume with since.
-            return exc.rcvd.code, exc.rcvd.reason, exc.rcvd.code not in FINAL_CLOSE_CODES
+            code, reason = exc.rcvd.code, exc.rcvd.reason
+            final = code in FINAL_CLOSE_CODES
+            if final and code != 1000 and self.last_error is not None:
+                # e.g. 1002 after `unsupported_protocol`: say what the hub objected to.
+                error = self.last_error
+                reason = f"{reason} ({error.get('code')}: {error.get('message')})"
+            return code, reason, not final
         except InvalidStatus as exc:
             status = exc.response.status_code
             return 1006, f"HTTP {status} on upgrade", status >= 500 or status == 429
@@ -156,13 +165,16 @@ class WatcherClient:
             return 1006, f"{type(exc).__name__}: {exc}", True
 
     async def _handshake(self, ws: ClientConnection) -> None:
-        hello: Message = {"type": "hello", "token": self._token}
+        hello: Message = {"type": "hello", "token": self._token, "protocol": PROTOCOL}
         if self.last_seq is not None:
             hello["since"] = self.last_seq  # replay everything after what we have seen
+        self.last_error = None
         await ws.send(json.dumps(hello))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             welcome = json.loads(await ws.recv())
             while welcome.get("type") != "welcome":
+                if welcome.get("type") == "error":  # unsupported_protocol …, then a close
+                    self.last_error = welcome
                 welcome = json.loads(await ws.recv())
         self.hub_seq = int(welcome["last_seq"])
         self._connections += 1
@@ -195,6 +207,8 @@ class WatcherClient:
             self.ended = self.ended or bool(message.get("ended"))
         elif kind == "presence":
             self.presence = message
+        elif kind == "error":
+            self.last_error = message
         elif kind == "ended":
             self.ended = True
             final = int(message["last_seq"])
@@ -262,7 +276,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Print a session's live frames.")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--session", required=True)
-    parser.add_argument("--token")
+    parser.add_argument("--token", help="a therapist or admin token")
     parser.add_argument("--since", type=int, help="replay frames after this seq (0 = all)")
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(asyncio.run(_main(parser.parse_args())))
