@@ -24,6 +24,9 @@ from tests.live_support import (
     wait_acked,
 )
 
+# This test's mirror sends one frame per message as fast as it can, far above a real
+# mirror's 30 a second: lift the per-connection rate limit for it.
+UNLIMITED = {"HUB_WS_MAX_MESSAGES_PER_S": "1000000"}
 FRAMES = 1500
 QUEUE_BOUND = 100
 # ~5 KB per frame, so a stalled reader fills the TCP buffers and then its outbox quickly.
@@ -39,7 +42,7 @@ async def watchers_count(hub: HubProcess) -> int:
 async def test_stalled_watcher_is_cut_off_and_resumes(
     start_hub: Callable[..., Awaitable[HubProcess]],
 ) -> None:
-    hub = await start_hub(HUB_WATCHER_QUEUE_FRAMES=str(QUEUE_BOUND))
+    hub = await start_hub(HUB_WATCHER_QUEUE_FRAMES=str(QUEUE_BOUND), **UNLIMITED)
     session_id = await create_session(hub.http)
 
     # The stalled watcher: a tiny receive buffer and a client that never reads.

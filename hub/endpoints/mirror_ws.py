@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from starlette.websockets import WebSocket
 
 from hub import closecodes
-from hub.context import context
+from hub.context import HubContext, context
 from hub.endpoints.ws_common import handshake, limit_per_client, welcome
 from hub.frames import (
     End,
@@ -19,6 +20,7 @@ from hub.frames import (
 )
 from hub.live.connection import close
 from hub.live.hub import SessionUnavailable
+from hub.live.session import LiveSession
 
 log = logging.getLogger("hub.mirror")
 
@@ -35,10 +37,16 @@ async def mirror_endpoint(websocket: WebSocket) -> None:
         return
     session_id, _hello, _principal = opened
     try:
-        live = await live_hub.get(session_id)
+        async with live_hub.use(session_id) as live:
+            await _stream(websocket, ctx, session_id, live)
     except SessionUnavailable:
         await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")
-        return
+
+
+async def _stream(
+    websocket: WebSocket, ctx: HubContext, session_id: uuid.UUID, live: LiveSession | None
+) -> None:
+    live_hub = ctx.live
     if live is None:
         await close(websocket, closecodes.UNKNOWN_SESSION)
         return

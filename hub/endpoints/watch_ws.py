@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from starlette.websockets import WebSocket
 
 from hub import closecodes
-from hub.context import context
+from hub.auth import Principal
+from hub.context import HubContext, context
 from hub.endpoints.ws_common import handshake, limit_per_client, welcome
-from hub.frames import Ended, ProtocolError, encode, error_message
+from hub.frames import Ended, Hello, ProtocolError, encode, error_message
 from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Watcher
@@ -26,12 +28,22 @@ async def watch_endpoint(websocket: WebSocket) -> None:
     opened = await handshake(websocket, ctx, "watcher")
     if opened is None:
         return
-    session_id, hello, principal = opened
     try:
-        live = await live_hub.get(session_id)
+        async with live_hub.use(opened[0]) as live:
+            await _watch(websocket, ctx, *opened, live)
     except SessionUnavailable:
         await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")
-        return
+
+
+async def _watch(
+    websocket: WebSocket,
+    ctx: HubContext,
+    session_id: uuid.UUID,
+    hello: Hello,
+    principal: Principal,
+    live: LiveSession | None,
+) -> None:
+    live_hub = ctx.live
     if live is None:
         await close(websocket, closecodes.UNKNOWN_SESSION)
         return

@@ -8,10 +8,11 @@ buffer.put → flusher commits → `_committed` → session.on_stored → mirror
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -79,26 +80,42 @@ class LiveHub:
 
     # Sessions ----------------------------------------------------------------------------
 
-    async def get(self, session_id: uuid.UUID) -> LiveSession | None:
-        """The live session, loading it from storage on first use; None if it does not exist."""
-        live = self.sessions.get(session_id)
-        if live is not None:
-            return live
-        pending = self._loading.get(session_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[LiveSession | None] = asyncio.get_running_loop().create_future()
-        self._loading[session_id] = future
+    @contextlib.asynccontextmanager
+    async def use(self, session_id: uuid.UUID) -> AsyncIterator[LiveSession | None]:
+        """The live session (None if it does not exist), kept in memory while in use: a
+        connection holds it from its handshake to its end, so it is never evicted under it."""
+        live = await self._acquire(session_id)
         try:
-            live = await self._load(session_id)
-            future.set_result(live)
-            return live
-        except BaseException as exc:
-            future.set_exception(SessionUnavailable(str(exc)))
-            future.exception()  # mark retrieved: other waiters re-raise it themselves
-            raise SessionUnavailable("session state could not be loaded") from exc
+            yield live
         finally:
-            del self._loading[session_id]
+            if live is not None:
+                live.pins -= 1
+                self._evict_if_idle(live)
+
+    async def _acquire(self, session_id: uuid.UUID) -> LiveSession | None:
+        while True:
+            live = self.sessions.get(session_id)
+            if live is not None:
+                live.pins += 1  # no await between the lookup and the pin
+                return live
+            pending = self._loading.get(session_id)
+            if pending is not None:
+                if await asyncio.shield(pending) is None:
+                    return None
+                continue  # loaded; pin it through the dict, it may have gone again
+            future: asyncio.Future[LiveSession | None] = asyncio.get_running_loop().create_future()
+            self._loading[session_id] = future
+            try:
+                loaded = await self._load(session_id)
+            except BaseException as exc:
+                future.set_exception(SessionUnavailable(str(exc)))
+                future.exception()  # mark retrieved: other waiters re-raise it themselves
+                raise SessionUnavailable("session state could not be loaded") from exc
+            finally:
+                del self._loading[session_id]
+            future.set_result(loaded)
+            if loaded is None:
+                return None
 
     async def _load(self, session_id: uuid.UUID) -> LiveSession | None:
         assert self.pool is not None
@@ -137,7 +154,6 @@ class LiveHub:
 
     def detach_mirror(self, live: LiveSession, link: MirrorLink) -> None:
         live.detach_mirror(link)
-        self._evict_if_idle(live)
 
     def accept(self, live: LiveSession, frames: Sequence[Frame]) -> ProtocolError | None:
         """Take frames in seq order; stop at the first bad one and return its error.
@@ -223,7 +239,6 @@ class LiveHub:
     def leave(self, live: LiveSession, watcher: Watcher) -> None:
         live.room.watchers.discard(watcher)
         live.room.broadcast_presence()
-        self._evict_if_idle(live)
 
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000

@@ -34,6 +34,8 @@ class LiveSession:
         self.ended = ended
         self.room = room
         self.mirror: MirrorLink | None = None
+        self.pins = 0  # connections using this session; see LiveHub.use
+        self.pins = 0  # connections using this session; see LiveHub.use
         self._stored_changed = asyncio.Event()
 
     def check_seq(self, seq: int) -> None:
@@ -83,6 +85,4 @@ class LiveSession:
 
     @property
     def idle(self) -> bool:
-        return (
-            self.mirror is None and not self.room.watchers and self.stored_seq == self.last_accepted
-        )
+        return self.pins == 0 and self.stored_seq == self.last_accepted
