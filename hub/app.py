@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -61,6 +62,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tokens=tokens,
         )
         restore_signals = drain_on_signal(live)
+        # Everything built so far lives as long as the process: keep it out of the garbage
+        # collector's full scans, which otherwise grow with the write buffer and stall the loop.
+        gc.freeze()
         try:
             yield
         finally:

@@ -18,6 +18,8 @@ from itertools import islice
 
 from hub.frames import TaskFrame
 
+BACKLOG_BATCHES = 10
+
 
 @dataclasses.dataclass(slots=True)
 class PendingFrame:
@@ -74,7 +76,10 @@ class WriteBuffer:
             self._full_batch.set()
 
     async def next_batch(self, max_age_s: float) -> list[PendingFrame]:
-        """Wait until a batch is due (full, or its oldest frame is `max_age_s` old); peek it."""
+        """Wait until a batch is due (full, or its oldest frame is `max_age_s` old); peek it.
+
+        With a backlog (storage was slow or away) a batch takes up to BACKLOG_BATCHES times
+        the flush size, so the buffer drains in fewer round trips instead of falling behind."""
         await self._nonempty.wait()
         if len(self._items) < self.flush_frames:
             age = time.monotonic() - self._items[0].enqueued
@@ -85,7 +90,7 @@ class WriteBuffer:
                         await self._full_batch.wait()
                 except TimeoutError:
                     pass
-        return list(islice(self._items, self.flush_frames))
+        return list(islice(self._items, self.flush_frames * BACKLOG_BATCHES))
 
     def peek_all(self) -> list[PendingFrame]:
         return list(self._items)

@@ -60,11 +60,11 @@ async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -
             strict=True,
         ):
             column.append(value)
-    has_tasks = any(f.task is not None for f in batch)
+    if not any(f.task is not None for f in batch):
+        # One statement is atomic on its own: no BEGIN/COMMIT round trips around it.
+        await conn.execute(INSERT_FRAMES, *columns)
+        return
     async with conn.transaction():
-        if not has_tasks:
-            await conn.execute(INSERT_FRAMES, *columns)
-            return
         inserted = {
             (r["session_id"], r["seq"])
             for r in await conn.fetch(INSERT_FRAMES_RETURNING_TASKS, *columns)
