@@ -136,7 +136,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # Abuse limits.
     ws_max_messages_per_s: int = 200
-    max_connections_per_client: int = 256
+    max_connections_per_client: int = 1024
     max_watchers_per_session: int = 32
 
     @classmethod
