@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.endpoints import docs, watch_page
-from hub.endpoints.common import HTTPError, error_response, json_response
+from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
 from hub.live.hub import LiveHub
@@ -76,9 +76,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes: list[BaseRoute] = [op.route() for op in all_operations()]
     routes.append(Route("/openapi.json", openapi, include_in_schema=False))
+    routes.extend(docs.routes)
+    if not settings.public_docs:  # the documents then need any staff credential
+        routes = [
+            Route(r.path, guard(r.endpoint, ("admin", "therapist")), methods=r.methods)
+            if isinstance(r, Route) and r.path in ("/openapi.json", "/docs", "/redoc")
+            else r
+            for r in routes
+        ]
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
-    routes.extend(docs.routes)
     routes.extend(watch_page.routes)
     return Starlette(
         routes=routes,

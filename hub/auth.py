@@ -98,18 +98,20 @@ class TokenService:
                     leeway=LEEWAY_S,
                 )
             else:
-                raise AuthError(f"token algorithm {header.get('alg')!r} is not accepted")
+                raise AuthError("token algorithm is not accepted")
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidKeyError (wrong key family) is not Invalid…
             raise AuthError(f"invalid token: {exc}") from None
         role = claims.get("role")
         if role not in ROLES:
             raise AuthError("token has no valid role")
         session = claims.get("session")
+        if session is not None and not isinstance(session, str):
+            raise AuthError("token names a malformed session")
         try:
             session_id = uuid.UUID(session) if session is not None else None
-        except (ValueError, TypeError):
+        except ValueError:
             raise AuthError("token names a malformed session") from None
         if role == "mirror" and session_id is None:
             raise AuthError("mirror token names no session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from hub.auth import Principal
 from hub.context import context
 from hub.endpoints.common import json_response, not_found, parse_uuid
 from hub.endpoints.sessions import query_int
@@ -39,10 +40,18 @@ async def delete_session(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
     # Close the live session first, so no mirror can write to it while it is erased.
     ctx.live.erase(session_id)
-    async with ctx.sessionmaker() as db:
-        existed = await repository.erase_session(db, session_id)
+    try:
+        async with ctx.sessionmaker() as db:
+            existed = await repository.erase_session(db, session_id)
+    except Exception:
+        ctx.live.erased.discard(session_id)  # still there: usable again
+        raise
     if not existed:
         raise not_found("session")
+    # The erasure itself is audited, without naming the session (nothing of it may remain).
+    principal: Principal = request.state.principal
+    async with ctx.sessionmaker() as db:
+        await repository.record_access(db, principal.subject, principal.role, "erase_session", None)
     return json_response(Deleted(deleted=session_id))
 
 

@@ -209,4 +209,8 @@ async def audit(request: Request, action: str, session_id: uuid.UUID | None) -> 
     """Record that the caller read `session_id` (or a list, for None)."""
     principal: Principal = request.state.principal
     async with context(request).sessionmaker() as db:
-        await repository.record_access(db, principal.subject, principal.role, action, session_id)
+        recorded = await repository.record_access(
+            db, principal.subject, principal.role, action, session_id
+        )
+    if not recorded:  # erased while we read it: as if it had never been there
+        raise not_found("session")

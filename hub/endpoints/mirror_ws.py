@@ -65,7 +65,7 @@ async def _stream(
         nonlocal errors_in_a_row
         # Shutting down, or replaced by a newer connection of this mirror: the message is not
         # acked here, so the mirror resends it to the hub / connection that now owns the session.
-        if not live_hub.accepting or live.mirror is not link:
+        if not live_hub.accepting or live.mirror is not link or live.erased:
             return
         try:
             msg = decode_client_message(text)

@@ -50,17 +50,22 @@ async def _watch(
     if not live_hub.accepting:
         await close(websocket, closecodes.RESTART)
         return
-    if len(live.room.watchers) >= ctx.settings.max_watchers_per_session:
-        await close(websocket, closecodes.ROOM_FULL)
-        return
     try:  # no unaudited watching: if the trail cannot be written, nobody watches
         async with ctx.sessionmaker() as db:
-            await repository.record_access(
+            recorded = await repository.record_access(
                 db, principal.subject, principal.role, "watch", session_id
             )
     except Exception as exc:
         log.warning("audit of a watch of session=%s failed: %s", session_id, type(exc).__name__)
         await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")
+        return
+    if not recorded or live.erased:
+        await close(websocket, closecodes.UNKNOWN_SESSION, "session was deleted")
+        return
+    # Checked after the await above and right before `join`, so simultaneous joins cannot
+    # all pass the check.
+    if len(live.room.watchers) >= ctx.settings.max_watchers_per_session:
+        await close(websocket, closecodes.ROOM_FULL)
         return
 
     # From `join` to the end of the catch-up plan nothing awaits, so no frame can slip between

@@ -37,11 +37,11 @@ def origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
     origin = websocket.headers.get("origin")
     if origin is None:
         return True
-    origin = origin.rstrip("/")
-    if origin in settings.allowed_origins:
+    origin = origin.rstrip("/").lower()
+    if origin in (o.lower() for o in settings.allowed_origins):
         return True
-    host = websocket.headers.get("host", "")
-    return origin.split("://", 1)[-1] == host
+    scheme = "https" if websocket.url.scheme == "wss" else "http"
+    return origin == f"{scheme}://{websocket.headers.get('host', '').lower()}"
 
 
 async def handshake(
@@ -111,7 +111,7 @@ def _authorize(
     try:
         principal = ctx.tokens.verify(hello.token)
     except AuthError as exc:
-        return str(exc)[:100]  # a close reason must fit in 123 bytes
+        return str(exc)  # `close` trims it to the 123 bytes a close reason may have
     if role == "mirror" and not principal.may_write(session_id):
         return "not this session's mirror"
     if role == "watcher" and principal.role not in ("admin", "therapist"):

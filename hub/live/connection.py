@@ -22,9 +22,13 @@ from hub.live.session import MirrorLink
 CLOSE_FLUSH_TIMEOUT_S = 2.0
 
 
+MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes of UTF-8
+
+
 async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = "") -> None:
+    text = (reason or code.meaning).encode()[:MAX_REASON_BYTES].decode(errors="ignore")
     try:
-        await websocket.close(code.code, reason or code.meaning)
+        await websocket.close(code.code, text)
     except (RuntimeError, OSError):  # already closed by the peer
         pass
 

@@ -64,6 +64,8 @@ class LiveHub:
         self.flusher: Flusher | None = None
         self.connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
         self.connections_per_client: Counter[str] = Counter()
+        # Sessions being or having been erased: never loaded into memory again.
+        self.erased: set[uuid.UUID] = set()
         self._shutdown_done: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -94,6 +96,8 @@ class LiveHub:
 
     async def _acquire(self, session_id: uuid.UUID) -> LiveSession | None:
         while True:
+            if session_id in self.erased:
+                return None
             live = self.sessions.get(session_id)
             if live is not None:
                 live.pins += 1  # no await between the lookup and the pin
@@ -216,10 +220,11 @@ class LiveHub:
     def erase(self, session_id: uuid.UUID) -> None:
         """The session is being deleted: close its clients and forget it. Frames of it still
         buffered fail their foreign key when flushed and are dropped (`_orphaned`)."""
+        self.erased.add(session_id)
         live = self.sessions.pop(session_id, None)
         if live is None:
             return
-        live.ended = True  # a writer still holding the object can no longer end it
+        live.erased = True
         if live.mirror is not None:
             live.mirror.outbox.close(closecodes.UNKNOWN_SESSION, "session was deleted")
         for watcher in live.room.watchers:

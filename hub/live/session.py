@@ -35,6 +35,7 @@ class LiveSession:
         self.room = room
         self.mirror: MirrorLink | None = None
         self.pins = 0  # connections using this session; see LiveHub.use
+        self.erased = False  # deleted by an admin: its clients are closed with 4004
         self.pins = 0  # connections using this session; see LiveHub.use
         self._stored_changed = asyncio.Event()
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Float, and_, delete, func, insert, or_, select
+from sqlalchemy import Float, Uuid, and_, delete, func, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.schemas import MetricsBatch, SessionCreate, TaskCreate
@@ -170,11 +170,23 @@ async def metric_series(
 
 async def record_access(
     db: AsyncSession, actor: str, role: str, action: str, session_id: uuid.UUID | None
-) -> None:
-    await db.execute(
-        insert(AuditEntry).values(actor=actor, role=role, action=action, session_id=session_id)
+) -> bool:
+    """Write an audit row; False if the session no longer exists. The row is written only
+    under a key-share lock on the session, so an erasure cannot slip between the check and
+    the insert and leave a row naming an erased session behind."""
+    row = select(literal(actor), literal(role), literal(action), literal(session_id, Uuid))
+    if session_id is not None:
+        exists = (
+            select(Session.id)
+            .where(Session.id == session_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        row = row.where(exists.exists())
+    result = await db.execute(
+        insert(AuditEntry).from_select(["actor", "role", "action", "session_id"], row)
     )
     await db.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def list_audit(
