@@ -73,10 +73,13 @@ async def _watch(
     watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
     live_hub.join(live, watcher)
     last_seq = live.last_accepted
+    # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
+    # after the join reaches this watcher through its outbox, like any other message.)
+    ended_at_join = live.ended
     greeting = welcome(live, "watcher", last_seq, ctx.settings)
     if hello.since is None:
         catch_up_db = None
-        catch_up_memory = [live.room.snapshot(last_seq, live.ended)]
+        catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]
     else:
         catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
 
@@ -91,7 +94,7 @@ async def _watch(
             log.warning("catch-up for session=%s failed: %s", session_id, type(exc).__name__)
             await close(websocket, closecodes.INTERNAL, "catch-up failed; resume with since")
             return
-        if live.ended:
+        if ended_at_join:
             await websocket.send_text(encode(Ended(last_seq=last_seq)).decode())
             await close(websocket, closecodes.NORMAL, "session ended")
             return
