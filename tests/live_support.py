@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from hub.auth import Role, TokenService
 
@@ -192,3 +193,15 @@ async def wait_acked(ws: ClientConnection, seq: int, timeout: float = 20.0) -> N
 
 def new_task_id() -> str:
     return str(uuid.uuid4())
+
+
+async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int, list[Any]]:
+    """Read until the hub closes the connection: its close code and the messages before it."""
+    messages: list[Any] = []
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                messages.append(orjson.loads(await ws.recv()))
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None, f"no close frame from the hub; got {messages}"
+            return exc.rcvd.code, messages

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.live_support import (
     HubProcess,
+    closed_with,
     create_session,
     metrics_frame,
     open_client,
@@ -27,18 +26,6 @@ from tests.live_support import (
 )
 
 StartHub = Callable[..., Awaitable[HubProcess]]
-
-
-async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int, list[Any]]:
-    """Read until the hub closes the connection: its close code and the messages before."""
-    messages: list[Any] = []
-    async with asyncio.timeout(timeout):
-        try:
-            while True:
-                messages.append(orjson.loads(await ws.recv()))
-        except ConnectionClosed as exc:
-            assert exc.rcvd is not None, f"no close frame from the hub; got {messages}"
-            return exc.rcvd.code, messages
 
 
 async def hello(base_ws: str, session_id: str, role: str) -> tuple[str, int | None]:

@@ -19,11 +19,11 @@ import asyncpg
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from hub.frames import MAX_BATCH
 from tests.live_support import (
     HubProcess,
+    closed_with,
     create_session,
     metrics_frame,
     open_client,
@@ -41,18 +41,6 @@ MAX_ERRORS_IN_A_ROW = 20  # hub/endpoints/mirror_ws.py
 
 
 # Helpers ----------------------------------------------------------------------------------
-
-
-async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int, list[Any]]:
-    """Read until the hub closes the connection: its close code and the messages before it."""
-    messages: list[Any] = []
-    async with asyncio.timeout(timeout):
-        try:
-            while True:
-                messages.append(orjson.loads(await ws.recv()))
-        except ConnectionClosed as exc:
-            assert exc.rcvd is not None, f"no close frame from the hub; got {messages}"
-            return exc.rcvd.code, messages
 
 
 async def next_error(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
