@@ -9,6 +9,7 @@ algorithm-confusion tokens are refused.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
 import sys
@@ -50,9 +51,14 @@ ANONYMOUS_ADMIN = Principal(subject="anonymous (auth disabled)", role="admin")
 
 
 class TokenService:
-    def __init__(self, secret: bytes, public_key: str | None = None) -> None:
+    def __init__(
+        self, secret: bytes, public_key: str | None = None, audience: str | None = None
+    ) -> None:
         self._secret = secret
         self._public_key = public_key
+        # An identity provider signs tokens for many applications: with an audience set, only
+        # those whose `aud` names this hub are accepted.
+        self._audience = audience
 
     def issue(
         self,
@@ -90,11 +96,13 @@ class TokenService:
                     leeway=LEEWAY_S,
                 )
             elif self._public_key is not None:
+                required = ["exp", "sub", "role"] + (["aud"] if self._audience else [])
                 claims = jwt.decode(
                     token,
                     self._public_key,
                     algorithms=["RS256", "ES256"],
-                    options={"require": ["exp", "sub", "role"]},
+                    audience=self._audience,
+                    options={"require": required, "verify_aud": self._audience is not None},
                     leeway=LEEWAY_S,
                 )
             else:
@@ -162,10 +170,16 @@ def token_service(settings: Settings) -> tuple[TokenService | None, str | None]:
     public_key = (
         settings.auth_public_key_file.read_text() if settings.auth_public_key_file else None
     )
+    if public_key is not None and settings.auth_audience is None:
+        logging.getLogger("hub.auth").warning(
+            "HUB_AUTH_PUBLIC_KEY_FILE is set without HUB_AUTH_AUDIENCE: any token that key "
+            "signed with a role claim is accepted, whatever application it was issued for"
+        )
+    audience = settings.auth_audience
     if settings.auth_secret:
-        return TokenService(settings.auth_secret.encode(), public_key), None
+        return TokenService(settings.auth_secret.encode(), public_key, audience), None
     secret, created = load_or_create_secret(settings.data_dir)
-    service = TokenService(secret, public_key)
+    service = TokenService(secret, public_key, audience)
     first_admin = service.issue("admin", "first-admin", ADMIN_TOKEN_TTL_S) if created else None
     return service, first_admin
 

@@ -128,6 +128,7 @@ class Settings:
     # Authentication. Without a secret the hub keeps a generated one in data_dir (0600).
     auth_secret: str | None = dataclasses.field(default=None, repr=False)
     auth_public_key_file: Path | None = None  # PEM; lets an identity provider sign (RS256/ES256)
+    auth_audience: str | None = None  # required `aud` of identity-provider tokens
     auth_disabled: bool = False  # development only; the hub says so loudly
     public_docs: bool = True  # /docs, /redoc and /openapi.json without a credential
     mirror_token_ttl_s: int = 12 * 3600
@@ -165,6 +166,7 @@ class Settings:
             ws_ping_timeout_s=_int(env, "HUB_WS_PING_TIMEOUT_S", cls.ws_ping_timeout_s),
             auth_secret=env.get("HUB_AUTH_SECRET", "").strip() or None,
             auth_public_key_file=_path(env, "HUB_AUTH_PUBLIC_KEY_FILE"),
+            auth_audience=env.get("HUB_AUTH_AUDIENCE", "").strip() or None,
             auth_disabled=_bool(env, "HUB_AUTH_DISABLED", False),
             public_docs=_bool(env, "HUB_PUBLIC_DOCS", True),
             mirror_token_ttl_s=_int(env, "HUB_MIRROR_TOKEN_TTL_S", cls.mirror_token_ttl_s),
