@@ -272,11 +272,16 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.fail(
-        "Chromium is needed to render /docs and /redoc but was not found on PATH "
+    message = (
+        "Chromium is needed to render pages in a real browser but was not found on PATH "
         f"(looked for {', '.join(CHROMIUM_NAMES)}; or set CHROMIUM=/path/to/binary). "
         "On Debian: apt-get update && apt-get install -y chromium"
     )
+    # CI installs Chromium, so there a missing browser is a failure, never a silent skip; on a
+    # developer's machine without one, the rest of the suite still runs.
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @dataclass(frozen=True)
