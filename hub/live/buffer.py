@@ -49,10 +49,6 @@ class WriteBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
     def fits(self, frames: int, size: int) -> bool:
         # An empty buffer takes any single message, so one message larger than the byte
         # bound cannot wedge its mirror forever (messages are capped at the WS size limit).
@@ -90,10 +86,11 @@ class WriteBuffer:
                         await self._full_batch.wait()
                 except TimeoutError:
                     pass
-        return list(islice(self._items, self.flush_frames * BACKLOG_BATCHES))
+        return self.peek()
 
-    def peek_all(self) -> list[PendingFrame]:
-        return list(self._items)
+    def peek(self) -> list[PendingFrame]:
+        """The next batch: the oldest frames, up to BACKLOG_BATCHES times the flush size."""
+        return list(islice(self._items, self.flush_frames * BACKLOG_BATCHES))
 
     async def release(self, count: int) -> None:
         """Drop the first `count` frames (their batch committed) and wake waiting mirrors."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from hub.live.buffer import BACKLOG_BATCHES, PendingFrame, WriteBuffer
+from hub.live.buffer import PendingFrame, WriteBuffer
 from hub.storage import frames as store
 
 log = logging.getLogger("hub.flusher")
@@ -106,4 +106,4 @@ class Flusher:
         """Store everything buffered now (shutdown): the loop is stopped first."""
         await self.stop()
         while len(self.buffer):
-            await self.flush(self.buffer.peek_all()[: self.buffer.flush_frames * BACKLOG_BATCHES])
+            await self.flush(self.buffer.peek())

@@ -14,8 +14,6 @@ import asyncio
 from collections import deque
 from typing import Any
 
-import orjson
-
 from hub import closecodes
 from hub.frames import MetricsFrame, Presence, Snapshot, TaskFrame, encode
 
@@ -119,24 +117,14 @@ class Room:
             watcher.outbox.push(text)
 
     def snapshot(self, last_seq: int, ended: bool) -> str:
-        session = {k: _jsonable(v) for k, v in self.session.items() if k != "last_metrics"}
+        # msgspec encodes the rows' datetimes and UUIDs itself.
         return encode(
             Snapshot(
-                session=session,
-                tasks=[{k: _jsonable(v) for k, v in t.items()} for t in self.tasks.values()],
+                session=self.session,
+                tasks=list(self.tasks.values()),
                 latest=dict(self.latest),
                 presence=self.presence(),
                 last_seq=last_seq,
                 ended=ended,
             )
         ).decode()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, str | int | float | bool | dict | list) or value is None:
-        return value
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return orjson.loads(value)
-    return str(value)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from hub.live.buffer import PendingFrame
 
@@ -81,7 +82,7 @@ async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -
                 task.task_name,
                 task.status,
                 task.duration_seconds,
-                _json_object(task.metrics),
+                orjson.dumps(task.metrics).decode(),
                 f.received_at,
             )
             if task.event == "finished" and task.metrics:
@@ -93,12 +94,6 @@ async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -
                     list(task.metrics),
                     list(task.metrics.values()),
                 )
-
-
-def _json_object(values: dict[str, float]) -> str:
-    import orjson
-
-    return orjson.dumps(values).decode()
 
 
 async def existing_sessions(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
