@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -133,13 +134,19 @@ def load_or_create_secret(data_dir: Path) -> tuple[bytes, bool]:
         return path.read_bytes().strip(), False
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48).encode()
-    # O_EXCL: two processes starting at once cannot both create (and disagree on) it.
+    # Written in full under a temporary name, then linked into place: link fails if the file
+    # exists, so of several processes starting at once (workers) exactly one creates it, and
+    # none can read it half-written.
+    fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".secret-")  # 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip(), False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secret)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return path.read_bytes().strip(), False
+    finally:
+        os.unlink(temporary)
     return secret, True
 
 

@@ -77,12 +77,12 @@ def run_db(args: argparse.Namespace, settings: Settings) -> int:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    if args.workers is not None and args.workers > 1:
-        # Each worker would hold its own live sessions: a watcher on one worker would never see
-        # the mirror on another. That needs a backplane between workers, which is not built yet.
+    if args.workers is not None and args.workers > 1 and settings.backplane_kind == "memory":
+        # Each worker holds its own live sessions: without a backplane between them, a watcher
+        # on one worker would never see the mirror on another.
         print(
-            "hub: --workers > 1 is not supported yet: live sessions are kept per process and "
-            "no backplane connects workers; run one worker per hub (see README)",
+            "hub: --workers > 1 needs a backplane between the workers: set "
+            "HUB_BACKPLANE=postgres (no extra service) or HUB_BACKPLANE=redis://host:6379/0",
             file=sys.stderr,
         )
         return 2

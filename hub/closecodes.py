@@ -30,6 +30,9 @@ REPLACED = CloseCode(4001, "replaced", False, "another mirror connection took th
 UNKNOWN_SESSION = CloseCode(4004, "unknown_session", False, "no session with this id")
 SESSION_ENDED = CloseCode(4005, "session_ended", False, "the session has ended; nothing to write")
 LAGGING = CloseCode(4008, "lagging", True, "watcher fell behind its queue bound; resume with since")
+RESYNC = CloseCode(
+    4009, "resync", True, "this hub lost frames of the live stream; resume with since"
+)
 TOO_MANY_ERRORS = CloseCode(4029, "too_many_errors", False, "too many invalid messages in a row")
 RATE_LIMITED = CloseCode(4030, "rate_limited", True, "messages too fast; reconnect, send slower")
 TOO_MANY_CONNECTIONS = CloseCode(
@@ -50,6 +53,7 @@ ALL = [
     UNKNOWN_SESSION,
     SESSION_ENDED,
     LAGGING,
+    RESYNC,
     TOO_MANY_ERRORS,
     RATE_LIMITED,
     TOO_MANY_CONNECTIONS,

@@ -159,6 +159,8 @@ class Welcome(Struct, tag="welcome", tag_field="type"):
     max_message_bytes: int
     protocol: int = PROTOCOL_VERSION
     max_batch: int = MAX_BATCH
+    # Which hub node (process) serves this connection: for logs and support, not for routing.
+    node: str = ""
 
 
 class Ack(Struct, tag="ack", tag_field="type"):

@@ -128,6 +128,9 @@ class LiveStats(Struct):
     buffer_max_frames: int
     buffer_peak_frames: int  # highest since start; never above buffer_max_frames
     storage_failures: int  # consecutive failed flush attempts; 0 while storage answers
+    node: str  # this node's id on the backplane
+    backplane: Literal["memory", "postgres", "redis"]
+    backplane_resets: int  # reconnections of the backplane since start
 
 
 class Health(Struct):

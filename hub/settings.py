@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 
@@ -98,6 +99,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false; got {raw!r}")
 
 
+def _backplane(env: Mapping[str, str]) -> str:
+    raw = env.get("HUB_BACKPLANE", "").strip() or "memory"
+    if raw in ("memory", "postgres") or raw.startswith(("redis://", "rediss://")):
+        return raw
+    # Not echoed: a mistyped Redis URL may hold a password.
+    raise SettingsError("HUB_BACKPLANE must be memory, postgres or a redis:// URL")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # None means: start the embedded PostgreSQL in data_dir.
@@ -139,6 +148,18 @@ class Settings:
     ws_max_messages_per_s: int = 200
     max_connections_per_client: int = 1024
     max_watchers_per_session: int = 32
+    # What connects hub nodes (workers, machines): "memory" (one process), "postgres"
+    # (LISTEN/NOTIFY on DATABASE_URL) or a redis:// / rediss:// URL.
+    backplane: str = dataclasses.field(default="memory", repr=False)  # a URL may hold a password
+    # Each node tells the others its presence this often; silent for 3x this, it is gone.
+    backplane_heartbeat_ms: int = 1_000
+
+    @property
+    def backplane_kind(self) -> Literal["memory", "postgres", "redis"]:
+        """The kind of backplane, never its URL (which may hold a password)."""
+        if self.backplane.startswith(("redis://", "rediss://")):
+            return "redis"
+        return "postgres" if self.backplane == "postgres" else "memory"
 
     @classmethod
     def from_env(
@@ -181,5 +202,9 @@ class Settings:
             ),
             max_watchers_per_session=_int(
                 env, "HUB_MAX_WATCHERS_PER_SESSION", cls.max_watchers_per_session
+            ),
+            backplane=_backplane(env),
+            backplane_heartbeat_ms=_int(
+                env, "HUB_BACKPLANE_HEARTBEAT_MS", cls.backplane_heartbeat_ms, minimum=50
             ),
         )

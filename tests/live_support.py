@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -53,11 +55,13 @@ class HubProcess:
         log_path: Path,
         port: int | None = None,
         migrate: bool = False,
+        workers: int | None = None,
         **env: str,
     ) -> None:
         # database_url None: no DATABASE_URL, so the hub runs its embedded PostgreSQL.
         self.database_url = database_url
         self.migrate = migrate
+        self.workers = workers
         self.log_path = log_path
         self.env = env
         self.port = port or free_port()
@@ -81,6 +85,8 @@ class HubProcess:
         args = [sys.executable, "-m", "hub", "serve", "--port", str(self.port)]
         if not self.migrate:
             args.append("--no-migrate")
+        if self.workers is not None:
+            args += ["--workers", str(self.workers)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             args,
@@ -88,6 +94,8 @@ class HubProcess:
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group, so a kill reaches uvicorn's worker processes too.
+            start_new_session=self.workers is not None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -117,8 +125,118 @@ class HubProcess:
 
     def kill(self) -> None:
         assert self.proc is not None
+        if self.workers is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.kill()
         self.proc.wait(10)
+
+
+class Balancer:
+    """A TCP load balancer on a free port, as clinics put in front of several hubs: each new
+    connection goes to the first backend that accepts it, in order (no sticky sessions)."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._pipes:
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for port in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sink.close()
+
+
+class RedisServer:
+    """Our own redis-server on a free port (so a test may kill and restart it)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("redis-server")
+
+    def start(self, timeout: float = 10.0) -> None:
+        binary = self.binary()
+        assert binary is not None
+        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), *options],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:  # ready once it answers PING
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn,
+            ):
+                conn.sendall(b"PING\r\n")
+                if conn.recv(64).startswith(b"+PONG"):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not come up")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def require_redis_server() -> None:
+    """Redis tests fail rather than skip in CI; elsewhere a missing server skips them."""
+    if RedisServer.binary() is None:
+        message = "redis-server not found on PATH (On Debian: apt-get install -y redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 async def create_session(http: str, **fields: Any) -> str:

@@ -57,7 +57,9 @@ async def _stream(
         await close(websocket, closecodes.RESTART)
         return
     link = await live_hub.attach_mirror(live)
-    await websocket.send_text(welcome(live, "mirror", live.last_accepted, ctx.settings))
+    await websocket.send_text(
+        welcome(live, "mirror", live.last_accepted, ctx.settings, live_hub.cluster.node)
+    )
     log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
     errors_in_a_row = 0
 

@@ -64,7 +64,8 @@ async def _watch(
         return
     # Checked after the await above and right before `join`, so simultaneous joins cannot
     # all pass the check.
-    if len(live.room.watchers) >= ctx.settings.max_watchers_per_session:
+    # Counted over every node, as far as this one knows (others report within a heartbeat).
+    if live.room.presence().watchers >= ctx.settings.max_watchers_per_session:
         await close(websocket, closecodes.ROOM_FULL)
         return
 
@@ -72,11 +73,11 @@ async def _watch(
     # the catch-up planned here and the live tail the watcher's outbox starts receiving.
     watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
     live_hub.join(live, watcher)
-    last_seq = live.last_accepted
+    last_seq = live.room.seq  # what this node's room has published, from any node
     # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
     # after the join reaches this watcher through its outbox, like any other message.)
     ended_at_join = live.ended
-    greeting = welcome(live, "watcher", last_seq, ctx.settings)
+    greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
     if hello.since is None:
         catch_up_db = None
         catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]

@@ -120,7 +120,11 @@ def _authorize(
 
 
 def welcome(
-    live: LiveSession, role: Literal["mirror", "watcher"], last_seq: int, settings: Settings
+    live: LiveSession,
+    role: Literal["mirror", "watcher"],
+    last_seq: int,
+    settings: Settings,
+    node: str,
 ) -> str:
     return encode(
         Welcome(
@@ -129,6 +133,7 @@ def welcome(
             last_seq=last_seq,
             acked_seq=live.stored_seq,
             max_message_bytes=settings.ws_max_message_bytes,
+            node=node,
         )
     ).decode()
 

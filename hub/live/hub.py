@@ -1,8 +1,14 @@
-"""LiveHub: the live sessions of this process, the write buffer, the flusher, shutdown.
+"""LiveHub: the live sessions of this node, the write buffer, the flusher, the backplane.
 
 The endpoints call in here; nothing in here awaits a socket. Data flow of one frame:
-mirror reader → `accept` (seq check, encode once) → room.publish (watcher outboxes) and
-buffer.put → flusher commits → `_committed` → session.on_stored → mirror ack.
+mirror reader → `accept` (seq check, encode once) → room.offer (watcher outboxes), the
+backplane (other nodes' rooms) and buffer.put → flusher commits → `_committed` →
+session.on_stored → mirror ack. Storage and acks never wait for the backplane.
+
+Across nodes, sequence numbers carry the guarantees: a room publishes each seq once, in
+order, whether it came from the local mirror, the backplane or storage. A room that sees a
+gap (a frame lost on the backplane, a reconnect) reads the missing frames from storage;
+if they do not appear in time, its watchers are closed with RESYNC to resume with `since`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,10 +28,13 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes
 from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
+from hub.live.backplane import make_backplane
+from hub.live.backplane.base import Backplane
 from hub.live.buffer import PendingFrame, WriteBuffer
+from hub.live.cluster import Cluster, PresenceNote, now
 from hub.live.connection import pump
 from hub.live.flusher import Flusher
-from hub.live.rooms import Outbox, Room, Watcher
+from hub.live.rooms import Outbox, RemotePresence, Room, Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.schemas import LiveStats
 from hub.settings import Settings
@@ -34,6 +44,12 @@ log = logging.getLogger("hub.live")
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 20.0
 SHUTDOWN_CLOSE_TIMEOUT_S = 3.0
+# How long a room waits for missing frames to appear in storage before its watchers are told
+# to resume. Frames a dead node broadcast but never stored come back when the mirror resends
+# them to another node, which takes a reconnect.
+GAP_TIMEOUT_S = 10.0
+FILL_RETRY_INITIAL_S = 0.02
+FILL_RETRY_MAX_S = 0.5
 PUBLIC_SESSION_FIELDS = (
     "id",
     "created_at",
@@ -51,9 +67,14 @@ class SessionUnavailable(Exception):
 
 
 class LiveHub:
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(
+        self, settings: Settings, database_url: str, backplane: Backplane | None = None
+    ) -> None:
         self.settings = settings
         self.dsn = store.asyncpg_dsn(database_url)
+        self.cluster = Cluster(
+            backplane or make_backplane(settings, self.dsn), settings.backplane_heartbeat_ms / 1000
+        )
         self.sessions: dict[uuid.UUID, LiveSession] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[LiveSession | None]] = {}
         self.buffer = WriteBuffer(
@@ -79,6 +100,7 @@ class LiveHub:
             self._orphaned,
         )
         self.flusher.start()
+        await self.cluster.start(self, self._heartbeat)
 
     # Sessions ----------------------------------------------------------------------------
 
@@ -123,6 +145,9 @@ class LiveHub:
 
     async def _load(self, session_id: uuid.UUID) -> LiveSession | None:
         assert self.pool is not None
+        # Subscribe first: a frame published while storage is read then reaches the room
+        # (or shows up as a gap, filled from storage) instead of falling between the two.
+        await self.cluster.subscribe(session_id)
         async with self.pool.acquire() as conn:
             state = await store.load_session_state(conn, session_id)
         if state is None:
@@ -131,7 +156,13 @@ class LiveHub:
         tasks = [
             {**t, "id": str(t["id"]), "metrics": orjson.loads(t["metrics"])} for t in state["tasks"]
         ]
-        room = Room({k: row[k] for k in PUBLIC_SESSION_FIELDS}, tasks, self.settings.replay_frames)
+        room = Room(
+            {k: row[k] for k in PUBLIC_SESSION_FIELDS},
+            tasks,
+            self.settings.replay_frames,
+            seq=row["last_seq"],
+            max_pending=self.settings.replay_frames,
+        )
         if row["last_metrics"]:
             room.latest.update(orjson.loads(row["last_metrics"]).get("values", {}))
         live = LiveSession(session_id, row["last_seq"], row["ended_at"] is not None, room)
@@ -146,18 +177,25 @@ class LiveHub:
     # Mirrors -----------------------------------------------------------------------------
 
     async def attach_mirror(self, live: LiveSession) -> MirrorLink:
-        if live.room.session.get("mirror_connected_at") is None:
-            assert self.pool is not None
-            async with self.pool.acquire() as conn:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            if live.room.session.get("mirror_connected_at") is None:
                 live.room.session["mirror_connected_at"] = await store.mark_mirror_connected(
                     conn, live.id
                 )
+            # The mirror may come from another node, which stored frames this node never
+            # accepted: continue after what storage holds.
+            live.adopt_stored(await store.stored_last_seq(conn, live.id))
         link = MirrorLink(bound=64)
-        live.attach_mirror(link)
+        live.attach_mirror(link, now())
+        self._announce(live)  # an older connection of this mirror on another node closes
+        if live.room.behind:
+            self._fill_soon(live)
         return link
 
     def detach_mirror(self, live: LiveSession, link: MirrorLink) -> None:
-        live.detach_mirror(link)
+        if live.detach_mirror(link):
+            self._announce(live)
 
     def accept(self, live: LiveSession, frames: Sequence[Frame]) -> ProtocolError | None:
         """Take frames in seq order; stop at the first bad one and return its error.
@@ -185,7 +223,8 @@ class LiveHub:
                     task=frame if isinstance(frame, TaskFrame) else None,
                 )
             )
-            live.room.publish(frame.seq, text, frame)
+            self._offer(live, frame.seq, text, frame)
+            self.cluster.frame(live.id, frame.seq, text)
         return None
 
     async def end(self, live: LiveSession, last_seq: int) -> str:
@@ -199,8 +238,15 @@ class LiveHub:
         await live.wait_stored(last_seq)
         assert self.pool is not None
         async with self.pool.acquire() as conn:
-            live.room.session["ended_at"] = await store.mark_ended(conn, live.id)
+            ended_at = await store.mark_ended(conn, live.id)
+        self.cluster.ended(live.id, last_seq, ended_at)
+        return self._finish(live, last_seq, ended_at)
+
+    def _finish(self, live: LiveSession, last_seq: int, ended_at: datetime) -> str:
+        """The session ended after `last_seq`, which this node's room has published."""
+        live.room.session["ended_at"] = ended_at
         live.ended = True
+        live.end_after = None
         text = encode(Ended(last_seq=last_seq)).decode()
         for watcher in live.room.watchers:
             watcher.outbox.push(text)
@@ -217,10 +263,13 @@ class LiveHub:
                 live.on_stored(seq)
                 self._evict_if_idle(live)
 
-    def erase(self, session_id: uuid.UUID) -> None:
-        """The session is being deleted: close its clients and forget it. Frames of it still
-        buffered fail their foreign key when flushed and are dropped (`_orphaned`)."""
+    def erase(self, session_id: uuid.UUID, announce: bool = True) -> None:
+        """The session is being deleted: close its clients and forget it, on every node.
+        Frames of it still buffered fail their foreign key when flushed and are dropped
+        (`_orphaned`)."""
         self.erased.add(session_id)
+        if announce:
+            self.cluster.erased(session_id)
         live = self.sessions.pop(session_id, None)
         if live is None:
             return
@@ -240,10 +289,157 @@ class LiveHub:
         # The others hear of the newcomer; the newcomer reads presence in its snapshot.
         live.room.broadcast_presence(joining=1)
         live.room.watchers.add(watcher)
+        self._announce(live)
 
     def leave(self, live: LiveSession, watcher: Watcher) -> None:
         live.room.watchers.discard(watcher)
         live.room.broadcast_presence()
+        self._announce(live)
+
+    # Other nodes -------------------------------------------------------------------------
+
+    def _offer(
+        self, live: LiveSession, seq: int, text: str | None, frame: Frame | None = None
+    ) -> None:
+        room = live.room
+        room.offer(seq, text, frame)
+        if room.behind:
+            self._fill_soon(live)
+        elif live.end_after is not None and room.seq >= live.end_after[0]:
+            self._finish(live, *live.end_after)
+
+    def _fill_soon(self, live: LiveSession) -> None:
+        if live.filling is None or live.filling.done():
+            live.filling = asyncio.create_task(self._fill(live), name="hub-gap-fill")
+
+    async def _fill(self, live: LiveSession) -> None:
+        """Read the frames this room misses from storage, where their node stores them."""
+        loop = asyncio.get_running_loop()
+        room = live.room
+        delay = FILL_RETRY_INITIAL_S
+        give_up_at = loop.time() + GAP_TIMEOUT_S
+        while room.behind and self.sessions.get(live.id) is live:
+            before = room.seq
+            try:
+                page = await self.stored_frames(live.id, room.seq, room.wanted)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                page = []
+            for seq, text in page:
+                self._offer(live, seq, text)
+            if room.seq > before:
+                delay = FILL_RETRY_INITIAL_S
+                give_up_at = loop.time() + GAP_TIMEOUT_S
+                continue
+            if loop.time() >= give_up_at:
+                self._lost_track(live)
+                if live.mirror is None:
+                    return
+                give_up_at = loop.time() + GAP_TIMEOUT_S  # the mirror's frames will be stored
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, FILL_RETRY_MAX_S)
+
+    def _lost_track(self, live: LiveSession) -> None:
+        """Frames this room misses did not reach storage in time: its watchers resume with
+        `since` (from storage and a fresh room); no watcher is left with a silent gap."""
+        log.warning(
+            "session=%s: frames %d..%d missing on this node; watchers resume",
+            live.id,
+            live.room.seq + 1,
+            live.room.wanted,
+        )
+        for watcher in live.room.watchers:
+            watcher.outbox.close(closecodes.RESYNC)
+        if live.mirror is None and self.sessions.get(live.id) is live:
+            del self.sessions[live.id]  # the next connection loads it afresh from storage
+
+    def _announce(self, live: LiveSession) -> None:
+        """Tell the other nodes this node's share of the session's presence."""
+        self.cluster.presence(
+            live.id,
+            live.last_accepted,
+            live.stored_seq,
+            len(live.room.watchers),
+            live.mirror_since,
+        )
+
+    async def _heartbeat(self) -> None:
+        expired_before = time.monotonic() - self.cluster.expiry_s
+        for live in list(self.sessions.values()):
+            room = live.room
+            gone = [node for node, r in room.remote.items() if r.heard_at < expired_before]
+            for node in gone:
+                del room.remote[node]
+            if gone:
+                log.info("session=%s: %d node(s) silent, dropped from presence", live.id, len(gone))
+                room.broadcast_presence()
+            if room.watchers or live.mirror is not None:
+                self._announce(live)
+        await self.cluster.unsubscribe_except(
+            lambda session_id: session_id in self.sessions or session_id in self._loading
+        )
+
+    def on_remote_frame(self, session_id: uuid.UUID, seq: int, text: str | None) -> None:
+        live = self.sessions.get(session_id)
+        if live is not None:  # not in memory: loading it reads storage
+            self._offer(live, seq, text)
+
+    def on_remote_presence(self, session_id: uuid.UUID, note: PresenceNote) -> None:
+        live = self.sessions.get(session_id)
+        if live is None:
+            return
+        room = live.room
+        before = room.remote.get(note.node)
+        if note.watchers == 0 and not note.mirror_since:
+            room.remote.pop(note.node, None)  # that node left the session
+        else:
+            room.remote[note.node] = RemotePresence(
+                note.watchers, note.mirror_since, time.monotonic()
+            )
+        if note.mirror_since:
+            # The owner's seqs: frames it sent that never arrived here, and what storage holds.
+            if note.last_seq > room.wanted:
+                room.wanted = note.last_seq
+                self._fill_soon(live)
+            room.trim(min(note.stored_seq, room.seq))
+            # The mirror connected there after it connected here: ours is a stale connection.
+            if live.mirror is not None and (note.mirror_since, note.node) > (
+                live.mirror_since,
+                self.cluster.node,
+            ):
+                live.mirror.outbox.close(closecodes.REPLACED)
+        after = room.remote.get(note.node)
+        if (before is None) != (after is None) or (
+            before is not None
+            and after is not None
+            and (before.watchers, bool(before.mirror_since))
+            != (after.watchers, bool(after.mirror_since))
+        ):
+            room.broadcast_presence()
+        if before is None and after is not None and (room.watchers or live.mirror is not None):
+            self._announce(live)  # a node new to this session learns of us at once
+
+    def on_remote_ended(self, session_id: uuid.UUID, last_seq: int, ended_at: datetime) -> None:
+        live = self.sessions.get(session_id)
+        if live is None or live.ended:
+            return
+        live.end_after = (last_seq, ended_at)
+        live.room.wanted = max(live.room.wanted, last_seq)
+        if live.room.seq >= last_seq:
+            self._finish(live, last_seq, ended_at)
+        else:
+            self._fill_soon(live)
+
+    def on_remote_erased(self, session_id: uuid.UUID) -> None:
+        # Not remembered as erased here: if the deletion failed, the session stays usable.
+        self.erase(session_id, announce=False)
+        self.erased.discard(session_id)
+
+    def on_backplane_reset(self) -> None:
+        # Frames lost meanwhile show up as gaps (next frame or the owner's heartbeat) and are
+        # read from storage; presence is re-announced now rather than at the next heartbeat.
+        for live in list(self.sessions.values()):
+            if live.room.watchers or live.mirror is not None:
+                self._announce(live)
 
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
@@ -280,6 +476,9 @@ class LiveHub:
             buffer_max_frames=self.buffer.max_frames,
             buffer_peak_frames=self.buffer.peak_frames,
             storage_failures=self.flusher.failures if self.flusher is not None else 0,
+            node=self.cluster.node,
+            backplane=self.settings.backplane_kind,
+            backplane_resets=self.cluster.resets,
         )
 
     # Shutdown ----------------------------------------------------------------------------
@@ -305,6 +504,12 @@ class LiveHub:
                     watcher.outbox.close(closecodes.RESTART, flush=True)
             if self.connections:
                 await asyncio.wait(list(self.connections), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
+            for live in list(self.sessions.values()):  # the other nodes need not wait for expiry
+                self.cluster.presence(live.id, live.last_accepted, live.stored_seq, 0, 0.0)
+            for live in self.sessions.values():
+                if live.filling is not None:
+                    live.filling.cancel()
+            await self.cluster.stop()
             if self.pool is not None:
                 await self.pool.close()
         finally:

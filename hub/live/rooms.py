@@ -11,11 +11,27 @@ served from memory or PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from typing import Any
 
 from hub import closecodes
-from hub.frames import MetricsFrame, Presence, Snapshot, TaskFrame, encode
+from hub.frames import (
+    Frame,
+    MetricsFrame,
+    Presence,
+    Snapshot,
+    TaskFrame,
+    decode_client_message,
+    encode,
+)
+
+
+@dataclasses.dataclass
+class RemotePresence:
+    watchers: int
+    mirror_since: float  # wall-clock time the node's mirror connected; 0: none
+    heard_at: float  # monotonic time of the last heartbeat
 
 
 class Outbox:
@@ -64,19 +80,73 @@ class Watcher:
 
 
 class Room:
-    def __init__(self, session: dict[str, Any], tasks: list[dict[str, Any]], replay_frames: int):
+    """What this node's watchers of one session see: the frames in seq order, and the state a
+    snapshot needs. Frames arrive from the local mirror or from other nodes (backplane,
+    storage); `offer` publishes each exactly once, in order, however they arrive."""
+
+    def __init__(
+        self,
+        session: dict[str, Any],
+        tasks: list[dict[str, Any]],
+        replay_frames: int,
+        seq: int,
+        max_pending: int,
+    ):
         self.session = session
         self.tasks: dict[str, dict[str, Any]] = {str(t["id"]): t for t in tasks}
         self.latest: dict[str, float] = {}
         self.watchers: set[Watcher] = set()
-        self.mirror_connected = False
+        self.mirror_connected = False  # a mirror on this node
+        # Other nodes' share of the presence, refreshed by their heartbeats.
+        self.remote: dict[str, RemotePresence] = {}
         self.replay_frames = replay_frames
+        # Highest seq published to this room's watchers; every frame up to it was published.
+        self.seq = seq
+        # Highest seq known to exist; above `seq` while frames are missing here.
+        self.wanted = seq
+        # Frames that arrived ahead of a gap, waiting for the gap to be filled.
+        self.pending: dict[int, tuple[str, Frame | None]] = {}
+        self.max_pending = max_pending
         # Recent frames (seq, text). Trimmed only below the stored seq, so every frame that is
         # not here is in PostgreSQL: a resume reads PostgreSQL, then this log, then the outbox.
         self.log: deque[tuple[int, str]] = deque()
 
-    def publish(self, seq: int, text: str, frame: MetricsFrame | TaskFrame) -> None:
+    def offer(self, seq: int, text: str | None, frame: Frame | None = None) -> None:
+        """Take frame `seq` from anywhere. A repeat is ignored; a frame ahead of a gap waits
+        in `pending` (see `behind`). `text` None: the frame exists but must be read from
+        storage (a backplane could not carry it); so must frames past `max_pending`."""
+        if seq <= self.seq:
+            return
+        self.wanted = max(self.wanted, seq)
+        if seq > self.seq + 1 or text is None:
+            if text is not None and len(self.pending) < self.max_pending:
+                self.pending[seq] = (text, frame)
+            return
+        self._publish(seq, text, frame)
+        pending = self.pending
+        while pending:
+            entry = pending.pop(self.seq + 1, None)
+            if entry is None:
+                break
+            self._publish(self.seq + 1, *entry)
+        if not pending:
+            return
+        # Entries at or below seq cannot be published any more (duplicates): drop them.
+        for stale in [s for s in pending if s <= self.seq]:
+            del pending[stale]
+
+    @property
+    def behind(self) -> bool:
+        """Frames up to `wanted` exist but have not reached this room yet."""
+        return self.seq < self.wanted
+
+    def _publish(self, seq: int, text: str, frame: Frame | None) -> None:
+        self.seq = seq
         self.log.append((seq, text))
+        if frame is None:  # from another node or from storage: decoded only here
+            decoded = decode_client_message(text)
+            assert isinstance(decoded, (MetricsFrame, TaskFrame))
+            frame = decoded
         if isinstance(frame, MetricsFrame):
             self.latest.update(frame.values)
         else:
@@ -106,9 +176,11 @@ class Room:
         return [text for s, text in self.log if s > seq]
 
     def presence(self, joining: int = 0) -> Presence:
+        remote = self.remote.values()
+        mirror = self.mirror_connected or any(r.mirror_since for r in remote)
         return Presence(
-            mirror="connected" if self.mirror_connected else "disconnected",
-            watchers=len(self.watchers) + joining,
+            mirror="connected" if mirror else "disconnected",
+            watchers=len(self.watchers) + joining + sum(r.watchers for r in remote),
         )
 
     def broadcast_presence(self, joining: int = 0) -> None:

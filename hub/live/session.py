@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 from hub import closecodes
 from hub.frames import ProtocolError
@@ -36,7 +37,11 @@ class LiveSession:
         self.mirror: MirrorLink | None = None
         self.pins = 0  # connections using this session; see LiveHub.use
         self.erased = False  # deleted by an admin: its clients are closed with 4004
-        self.pins = 0  # connections using this session; see LiveHub.use
+        self.mirror_since = 0.0  # wall-clock time the local mirror connected; 0: none here
+        # Ended on another node after this seq: ends here once the room has caught up.
+        self.end_after: tuple[int, datetime] | None = None
+        # A task filling this node's gap in the session's frames from storage.
+        self.filling: asyncio.Task[None] | None = None
         self._stored_changed = asyncio.Event()
 
     def check_seq(self, seq: int) -> None:
@@ -55,25 +60,38 @@ class LiveSession:
             "seq_gap", f"seq {seq} skips ahead; resend from seq {expected}", seq, expected
         )
 
-    def attach_mirror(self, link: MirrorLink) -> None:
+    def attach_mirror(self, link: MirrorLink, since: float) -> None:
         """One mirror at a time: a new connection replaces the old (a device that reconnected
         before its old socket timed out); the old one is closed with REPLACED."""
         if self.mirror is not None:
             self.mirror.outbox.close(closecodes.REPLACED)
         self.mirror = link
+        self.mirror_since = since
         link.acked = self.stored_seq
         self.room.mirror_connected = True
         self.room.broadcast_presence()
 
-    def detach_mirror(self, link: MirrorLink) -> None:
-        if self.mirror is link:
-            self.mirror = None
-            self.room.mirror_connected = False
-            self.room.broadcast_presence()
+    def detach_mirror(self, link: MirrorLink) -> bool:
+        if self.mirror is not link:
+            return False
+        self.mirror = None
+        self.mirror_since = 0.0
+        self.room.mirror_connected = False
+        self.room.broadcast_presence()
+        return True
+
+    def adopt_stored(self, stored_seq: int) -> None:
+        """Storage holds frames up to `stored_seq`, perhaps stored by another node's mirror
+        connection: a mirror connecting here continues after them."""
+        if stored_seq > self.last_accepted:
+            self.last_accepted = stored_seq
+        self.on_stored(stored_seq)
 
     def on_stored(self, seq: int) -> None:
         if seq > self.stored_seq:
             self.stored_seq = seq
+            # Storage has every frame up to `seq`: the next one accepted comes after it.
+            self.last_accepted = max(self.last_accepted, seq)
             if self.mirror is not None:
                 self.mirror.ack(seq)
             self.room.trim(seq)

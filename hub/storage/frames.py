@@ -116,6 +116,13 @@ async def frames_between(
     return [(r["seq"], r["text"]) for r in rows]
 
 
+async def stored_last_seq(conn: asyncpg.Connection, session_id: uuid.UUID) -> int:
+    value: int = await conn.fetchval(
+        "SELECT coalesce(max(seq), 0) FROM frames WHERE session_id = $1", session_id
+    )
+    return value
+
+
 async def load_session_state(
     conn: asyncpg.Connection, session_id: uuid.UUID
 ) -> dict[str, Any] | None:

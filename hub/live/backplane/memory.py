@@ -1,0 +1,54 @@
+"""The in-process backplane: one worker, no other nodes. The default.
+
+Nodes that share a `MemoryBroker` (several hubs in one process, as in some tests) see each
+other's messages; a hub process on its own has just itself. Delivery is immediate and in
+order; nothing is ever lost, so `on_reset` is never called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from hub.live.backplane.base import OnMessage, OnReset
+
+
+class MemoryBroker:
+    def __init__(self) -> None:
+        self.subscribers: defaultdict[str, set[MemoryBackplane]] = defaultdict(set)
+
+
+class MemoryBackplane:
+    max_message_bytes = 1 << 30
+
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
+        self.broker = broker or MemoryBroker()
+        self._on_message: OnMessage | None = None
+        self._channels: set[str] = set()
+
+    async def start(self, on_message: OnMessage, on_reset: OnReset) -> None:
+        self._on_message = on_message
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        self.broker.subscribers[channel].add(self)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        subscribers = self.broker.subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(self)
+            if not subscribers:
+                del self.broker.subscribers[channel]
+
+    def publish(self, channel: str, message: str) -> None:
+        # Delivered from the event loop, not from inside the publisher's call, as a real
+        # transport would: the publisher's state is consistent by then. call_soon keeps order.
+        loop = asyncio.get_running_loop()
+        for node in list(self.broker.subscribers.get(channel, ())):
+            if node._on_message is not None:
+                loop.call_soon(node._on_message, channel, message)
+
+    async def close(self) -> None:
+        for channel in list(self._channels):
+            await self.unsubscribe(channel)

@@ -1,0 +1,193 @@
+"""This node's side of the backplane: who we are, what we tell the other nodes, what we hear.
+
+Every node that holds a live session in memory subscribes to the session's channel. On it:
+
+    f <node> <seq> <frame JSON>        a frame the node's mirror sent (JSON empty: too big for
+                                       the backplane; read it from storage)
+    p <node> <last> <stored> <watchers> <mirror_since>
+                                       the node's share of the presence, sent on every change
+                                       and as a heartbeat; `last`/`stored` are its mirror's seqs
+    e <node> <last_seq> <ended_at>     the session ended after frame `last_seq`
+    x <node>                           the session was erased
+
+The format is a header of space-separated fields, then the frame's JSON as it is, so a frame
+is never re-encoded on its way through. Sequence numbers, not the backplane, make delivery
+gap-free: see `LiveHub.on_remote_frame`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Protocol
+
+from hub.live.backplane.base import Backplane
+
+log = logging.getLogger("hub.cluster")
+
+
+def channel_of(session_id: uuid.UUID) -> str:
+    # Valid as a PostgreSQL identifier (LISTEN) and a Redis channel: 35 ASCII characters.
+    return "mh_" + session_id.hex
+
+
+def session_of(channel: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(hex=channel[3:]) if channel.startswith("mh_") else None
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PresenceNote:
+    node: str
+    last_seq: int
+    stored_seq: int
+    watchers: int
+    mirror_since: float
+
+
+class Listener(Protocol):
+    """What the cluster hands messages of other nodes to (the LiveHub)."""
+
+    def on_remote_frame(self, session_id: uuid.UUID, seq: int, text: str | None) -> None: ...
+
+    def on_remote_presence(self, session_id: uuid.UUID, note: PresenceNote) -> None: ...
+
+    def on_remote_ended(self, session_id: uuid.UUID, last_seq: int, ended_at: datetime) -> None: ...
+
+    def on_remote_erased(self, session_id: uuid.UUID) -> None: ...
+
+    def on_backplane_reset(self) -> None: ...
+
+
+class Cluster:
+    def __init__(self, backplane: Backplane, heartbeat_s: float) -> None:
+        self.node = uuid.uuid4().hex[:12]
+        self.backplane = backplane
+        self.heartbeat_s = heartbeat_s
+        # A node whose heartbeat is this late is taken for gone (it died or lost its link).
+        self.expiry_s = 3 * heartbeat_s
+        self.messages_in = 0
+        self.resets = 0
+        self._listener: Listener | None = None
+        self._subscribed: set[str] = set()
+        # Subscribing and unsubscribing await the transport: one at a time, so an unsubscribe
+        # decided earlier can never land after a newer subscribe of the same channel.
+        self._subscriptions = asyncio.Lock()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self, listener: Listener, beat: Callable[[], Awaitable[None]]) -> None:
+        self._listener = listener
+        await self.backplane.start(self._on_message, self._on_reset)
+        self._heartbeat = asyncio.create_task(self._beat(beat), name="hub-heartbeat")
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self.backplane.close()
+
+    async def _beat(self, beat: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await beat()
+            except Exception:  # a heartbeat must never stop for good
+                log.exception("heartbeat failed")
+
+    # Subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(self, session_id: uuid.UUID) -> None:
+        channel = channel_of(session_id)
+        async with self._subscriptions:
+            if channel not in self._subscribed:
+                await self.backplane.subscribe(channel)
+                self._subscribed.add(channel)
+
+    async def unsubscribe_except(self, keep: Callable[[uuid.UUID], bool]) -> None:
+        """Leave the channels of sessions this node no longer holds."""
+        async with self._subscriptions:
+            for channel in list(self._subscribed):
+                session_id = session_of(channel)
+                if session_id is None or not keep(session_id):
+                    await self.backplane.unsubscribe(channel)
+                    self._subscribed.discard(channel)
+
+    # Publishing --------------------------------------------------------------------------
+
+    def frame(self, session_id: uuid.UUID, seq: int, text: str) -> None:
+        message = f"f {self.node} {seq} {text}"
+        if len(message) * 4 > self.backplane.max_message_bytes and (
+            len(message.encode()) > self.backplane.max_message_bytes
+        ):
+            message = f"f {self.node} {seq} "  # the other nodes read it from storage
+        self.backplane.publish(channel_of(session_id), message)
+
+    def presence(
+        self,
+        session_id: uuid.UUID,
+        last_seq: int,
+        stored_seq: int,
+        watchers: int,
+        mirror_since: float,
+    ) -> None:
+        self.backplane.publish(
+            channel_of(session_id),
+            f"p {self.node} {last_seq} {stored_seq} {watchers} {mirror_since!r}",
+        )
+
+    def ended(self, session_id: uuid.UUID, last_seq: int, ended_at: datetime) -> None:
+        message = f"e {self.node} {last_seq} {ended_at.isoformat()}"
+        self.backplane.publish(channel_of(session_id), message)
+
+    def erased(self, session_id: uuid.UUID) -> None:
+        self.backplane.publish(channel_of(session_id), f"x {self.node}")
+
+    # Receiving ---------------------------------------------------------------------------
+
+    def _on_reset(self) -> None:
+        self.resets += 1
+        log.warning("backplane reconnected; sessions resync from storage where needed")
+        if self._listener is not None:
+            self._listener.on_backplane_reset()
+
+    def _on_message(self, channel: str, message: str) -> None:
+        listener = self._listener
+        session_id = session_of(channel)
+        if listener is None or session_id is None:
+            return
+        kind, node, rest = [*message.split(" ", 2), "", ""][:3]
+        if node == self.node:
+            return
+        self.messages_in += 1
+        try:
+            if kind == "f":
+                seq, text = rest.split(" ", 1)
+                listener.on_remote_frame(session_id, int(seq), text or None)
+            elif kind == "p":
+                last, stored, watchers, since = rest.split(" ")
+                note = PresenceNote(node, int(last), int(stored), int(watchers), float(since))
+                listener.on_remote_presence(session_id, note)
+            elif kind == "e":
+                last_seq, ended_at = rest.split(" ")
+                listener.on_remote_ended(
+                    session_id, int(last_seq), datetime.fromisoformat(ended_at)
+                )
+            elif kind == "x":
+                listener.on_remote_erased(session_id)
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except ValueError as exc:  # another version of the hub, or a foreign publisher
+            # Only the kind of error: a message can carry a child's exercise data.
+            log.warning("ignored a malformed backplane message (%s)", type(exc).__name__)
+
+
+def now() -> float:
+    """Wall-clock time for `mirror_since`: comparable between machines, unlike monotonic."""
+    return time.time()
