@@ -327,6 +327,7 @@ def test_close_codes_are_unique_and_complete() -> None:
         (4004, False),
         (4005, False),
         (4008, True),
+        (4009, True),  # this hub process lost the stream: resume, perhaps elsewhere
         (4029, False),
         (1006, True),  # unknown to the hub: a dropped network
         (1001, True),

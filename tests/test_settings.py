@@ -214,3 +214,26 @@ def test_cli_exits_2_on_bad_integer_setting(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "hub: configuration error: HUB_MAX_BODY_BYTES must be an integer; got '1MB'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ("", "memory"),
+        ("memory", "memory"),
+        ("postgres", "postgres"),
+        ("redis://127.0.0.1:6379/0", "redis"),
+        (f"rediss://:{PASSWORD}@cache.example:6380/1", "redis"),
+    ],
+)
+def test_backplane_setting(tmp_path: Path, raw: str, kind: str) -> None:
+    settings = from_env(tmp_path, HUB_BACKPLANE=raw)
+    assert settings.backplane_kind == kind
+    assert PASSWORD not in repr(settings)  # a Redis URL may carry a password
+
+
+@pytest.mark.parametrize("raw", ["kafka", "redis", "Postgres", f"http://:{PASSWORD}@x"])
+def test_bad_backplane_names_the_choices_not_the_value(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(SettingsError, match="HUB_BACKPLANE must be memory, postgres") as info:
+        from_env(tmp_path, HUB_BACKPLANE=raw)
+    assert PASSWORD not in str(info.value)
