@@ -6,7 +6,9 @@ Every node that holds a live session in memory subscribes to the session's chann
                                        the backplane; read it from storage)
     p <node> <last> <stored> <watchers> <mirror_since>
                                        the node's share of the presence, sent on every change
-                                       and as a heartbeat; `last`/`stored` are its mirror's seqs
+                                       and as a heartbeat; `last`/`stored` are its mirror's
+                                       seqs; `mirror_since` is when its mirror connected, by
+                                       the database's clock (0: none), so the newest wins
     e <node> <last_seq> <ended_at>     the session ended after frame `last_seq`
     x <node>                           the session was erased
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -186,8 +187,3 @@ class Cluster:
         except ValueError as exc:  # another version of the hub, or a foreign publisher
             # Only the kind of error: a message can carry a child's exercise data.
             log.warning("ignored a malformed backplane message (%s)", type(exc).__name__)
-
-
-def now() -> float:
-    """Wall-clock time for `mirror_since`: comparable between machines, unlike monotonic."""
-    return time.time()

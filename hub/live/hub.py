@@ -31,7 +31,7 @@ from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
 from hub.live.backplane import make_backplane
 from hub.live.backplane.base import Backplane
 from hub.live.buffer import PendingFrame, WriteBuffer
-from hub.live.cluster import Cluster, PresenceNote, now
+from hub.live.cluster import Cluster, PresenceNote
 from hub.live.connection import pump
 from hub.live.flusher import Flusher
 from hub.live.rooms import Outbox, RemotePresence, Room, Watcher
@@ -185,9 +185,10 @@ class LiveHub:
                 )
             # The mirror may come from another node, which stored frames this node never
             # accepted: continue after what storage holds.
-            live.adopt_stored(await store.stored_last_seq(conn, live.id))
+            stored_seq, claimed_at = await store.mirror_claim(conn, live.id)
+            live.adopt_stored(stored_seq)
         link = MirrorLink(bound=64)
-        live.attach_mirror(link, now())
+        live.attach_mirror(link, claimed_at)
         self._announce(live)  # an older connection of this mirror on another node closes
         if live.room.behind:
             self._fill_soon(live)

@@ -30,7 +30,7 @@ from hub.frames import (
 @dataclasses.dataclass
 class RemotePresence:
     watchers: int
-    mirror_since: float  # wall-clock time the node's mirror connected; 0: none
+    mirror_since: float  # when the node's mirror connected (database clock); 0: none
     heard_at: float  # monotonic time of the last heartbeat
 
 

@@ -37,7 +37,7 @@ class LiveSession:
         self.mirror: MirrorLink | None = None
         self.pins = 0  # connections using this session; see LiveHub.use
         self.erased = False  # deleted by an admin: its clients are closed with 4004
-        self.mirror_since = 0.0  # wall-clock time the local mirror connected; 0: none here
+        self.mirror_since = 0.0  # when the local mirror connected (database clock); 0: none
         # Ended on another node after this seq: ends here once the room has caught up.
         self.end_after: tuple[int, datetime] | None = None
         # A task filling this node's gap in the session's frames from storage.

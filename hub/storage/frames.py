@@ -116,11 +116,16 @@ async def frames_between(
     return [(r["seq"], r["text"]) for r in rows]
 
 
-async def stored_last_seq(conn: asyncpg.Connection, session_id: uuid.UUID) -> int:
-    value: int = await conn.fetchval(
-        "SELECT coalesce(max(seq), 0) FROM frames WHERE session_id = $1", session_id
+async def mirror_claim(conn: asyncpg.Connection, session_id: uuid.UUID) -> tuple[int, float]:
+    """For a mirror connecting: the highest stored seq, and the time by the database's clock,
+    the one clock every hub node shares (their own clocks may disagree)."""
+    row = await conn.fetchrow(
+        "SELECT coalesce(max(seq), 0) AS seq, extract(epoch FROM clock_timestamp())::float8 AS at"
+        " FROM frames WHERE session_id = $1",
+        session_id,
     )
-    return value
+    assert row is not None
+    return row["seq"], row["at"]
 
 
 async def load_session_state(

@@ -214,7 +214,7 @@ class PostgresBackplane:
                 async with asyncio.timeout(self.health_interval):
                     await self._lost.wait()
             except TimeoutError:
-                if True:
+                if await self._healthy():
                     continue
             await self._reconnect()
 
