@@ -23,12 +23,16 @@ from tests.live_support import (
     Balancer,
     HubProcess,
     RedisServer,
+    closed_with,
     create_session,
+    metrics_frame,
     open_client,
     recv,
     require_redis_server,
     send,
+    staff_headers,
     token,
+    wait_acked,
 )
 from tests.test_live_fanout import FRAMES, TASKS, session_script, stream, watch
 
@@ -374,3 +378,78 @@ async def test_welcome_names_the_node(hub_server: HubProcess) -> None:
     async with open_client(hub_server.ws, session_id, "watch") as (ws, welcome):
         assert welcome["node"]
         assert (await recv(ws))["type"] == "snapshot"
+
+
+@pytest.fixture
+async def two_nodes(start_hub: StartHub) -> tuple[HubProcess, HubProcess]:
+    env = {"HUB_BACKPLANE": "postgres", "HUB_BACKPLANE_HEARTBEAT_MS": str(HEARTBEAT_MS)}
+    return await start_hub(**env), await start_hub(**env)
+
+
+async def test_end_reaches_watchers_on_other_nodes_after_every_frame(
+    two_nodes: tuple[HubProcess, HubProcess],
+) -> None:
+    node_a, node_b = two_nodes
+    session_id = await create_session(node_a.http)
+    async with open_client(node_b.ws, session_id, "watch") as (on_b, _):
+        assert (await recv(on_b))["type"] == "snapshot"
+        async with open_client(node_a.ws, session_id, "mirror") as (mirror, _):
+            frames = [metrics_frame(seq, accuracy=seq / 100) for seq in range(1, 51)]
+            await send(mirror, {"type": "batch", "frames": frames})
+            await send(mirror, {"type": "end", "last_seq": 50})
+            code, _ = await closed_with(mirror)
+            assert code == 1000
+        code, messages = await closed_with(on_b)
+    assert code == 1000
+    seqs = [m["seq"] for m in messages if m["type"] == "metrics"]
+    assert seqs == list(range(1, 51))
+    assert messages[-1] == {"type": "ended", "last_seq": 50}
+    # Ended everywhere: a late watcher on B gets the whole story and the end at once.
+    async with open_client(node_b.ws, session_id, "watch", since=0) as (late, _):
+        code, messages = await closed_with(late)
+    assert code == 1000 and messages[-1]["type"] == "ended"
+    assert [m["seq"] for m in messages if m["type"] == "metrics"] == list(range(1, 51))
+
+
+async def test_erasure_on_one_node_closes_clients_on_every_node(
+    two_nodes: tuple[HubProcess, HubProcess],
+) -> None:
+    node_a, node_b = two_nodes
+    session_id = await create_session(node_a.http)
+    async with (
+        open_client(node_a.ws, session_id, "mirror") as (mirror, _),
+        open_client(node_b.ws, session_id, "watch") as (on_b, _),
+    ):
+        await wait_presence(on_b, lambda p: p["mirror"] == "connected", timeout=10)
+        async with httpx.AsyncClient(headers=staff_headers("admin")) as client:
+            response = await client.delete(f"{node_b.http}/sessions/{session_id}")
+        assert response.status_code == 200, response.text
+        assert (await closed_with(mirror))[0] == 4004
+        assert (await closed_with(on_b))[0] == 4004
+
+
+async def test_mirror_moving_to_another_node_replaces_its_old_connection(
+    two_nodes: tuple[HubProcess, HubProcess], database_url: str
+) -> None:
+    """A device reconnects through the balancer to B while its old socket on A is still
+    open: the old one is closed as replaced, the new one continues after what is stored."""
+    node_a, node_b = two_nodes
+    session_id = await create_session(node_a.http)
+    async with open_client(node_b.ws, session_id, "watch") as (on_b, _):
+        async with open_client(node_a.ws, session_id, "mirror") as (old, _):
+            await send(old, {"type": "batch", "frames": [metrics_frame(s) for s in range(1, 31)]})
+            await wait_acked(old, 30)
+            async with open_client(node_b.ws, session_id, "mirror") as (new, welcome):
+                assert welcome["last_seq"] == 30 and welcome["acked_seq"] == 30
+                assert (await closed_with(old))[0] == 4001
+                frames = [metrics_frame(s) for s in range(31, 61)]
+                await send(new, {"type": "batch", "frames": frames})
+                await wait_acked(new, 60)
+        seqs: list[int] = []
+        async with asyncio.timeout(10):
+            while len(seqs) < 60:
+                message = await recv(on_b)
+                if message["type"] == "metrics":
+                    seqs.append(message["seq"])
+    assert seqs == list(range(1, 61))
+    assert await stored_seqs(database_url, session_id) == list(range(1, 61))
