@@ -153,6 +153,10 @@ class Settings:
     backplane: str = dataclasses.field(default="memory", repr=False)  # a URL may hold a password
     # Each node tells the others its presence this often; silent for 3x this, it is gone.
     backplane_heartbeat_ms: int = 1_000
+    # How long a node waits for frames it missed on the backplane to appear in storage before
+    # its watchers are closed with 4009 (resume). A dead node's unstored frames come back only
+    # when the mirror resends them to another node: this must cover a mirror's reconnect.
+    backplane_gap_timeout_ms: int = 10_000
 
     @property
     def backplane_kind(self) -> Literal["memory", "postgres", "redis"]:
@@ -206,5 +210,8 @@ class Settings:
             backplane=_backplane(env),
             backplane_heartbeat_ms=_int(
                 env, "HUB_BACKPLANE_HEARTBEAT_MS", cls.backplane_heartbeat_ms, minimum=50
+            ),
+            backplane_gap_timeout_ms=_int(
+                env, "HUB_BACKPLANE_GAP_TIMEOUT_MS", cls.backplane_gap_timeout_ms, minimum=50
             ),
         )

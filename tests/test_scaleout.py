@@ -453,3 +453,34 @@ async def test_mirror_moving_to_another_node_replaces_its_old_connection(
                     seqs.append(message["seq"])
     assert seqs == list(range(1, 61))
     assert await stored_seqs(database_url, session_id) == list(range(1, 61))
+
+
+@pytest.mark.parametrize("lost", ["frame", "heartbeat"])
+async def test_a_gap_that_storage_cannot_fill_closes_watchers_to_resume(
+    start_hub: StartHub, database_url: str, lost: str
+) -> None:
+    """A node hears of frames that never reach storage (here: a publisher announces seqs up
+    to 1000 that nobody stores). It must not leave its watchers silently behind: after the
+    gap timeout they are closed with 4009, and a resume works."""
+    node_b = await start_hub(
+        HUB_BACKPLANE="postgres",
+        HUB_BACKPLANE_HEARTBEAT_MS=str(HEARTBEAT_MS),
+        HUB_BACKPLANE_GAP_TIMEOUT_MS="500",
+    )
+    session_id = await create_session(node_b.http)
+    channel = "mh_" + uuid.UUID(session_id).hex
+    frame = orjson.dumps(metrics_frame(1000)).decode()
+    message = f"f elsewhere 1000 {frame}" if lost == "frame" else "p elsewhere 1000 0 0 1.0"
+    async with open_client(node_b.ws, session_id, "watch") as (on_b, _):
+        assert (await recv(on_b))["type"] == "snapshot"
+        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, message)
+        finally:
+            await conn.close()
+        code, messages = await closed_with(on_b, timeout=10)
+    assert code == closecodes.RESYNC.code
+    assert not [m for m in messages if m["type"] == "metrics"]  # nothing out of order either
+    async with open_client(node_b.ws, session_id, "watch", since=0) as (_again, welcome):
+        assert welcome["last_seq"] == 0  # a fresh start from storage
+    assert "Traceback" not in node_b.logs()

@@ -44,10 +44,6 @@ log = logging.getLogger("hub.live")
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 20.0
 SHUTDOWN_CLOSE_TIMEOUT_S = 3.0
-# How long a room waits for missing frames to appear in storage before its watchers are told
-# to resume. Frames a dead node broadcast but never stored come back when the mirror resends
-# them to another node, which takes a reconnect.
-GAP_TIMEOUT_S = 10.0
 FILL_RETRY_INITIAL_S = 0.02
 FILL_RETRY_MAX_S = 0.5
 PUBLIC_SESSION_FIELDS = (
@@ -318,7 +314,8 @@ class LiveHub:
         loop = asyncio.get_running_loop()
         room = live.room
         delay = FILL_RETRY_INITIAL_S
-        give_up_at = loop.time() + GAP_TIMEOUT_S
+        gap_timeout = self.settings.backplane_gap_timeout_ms / 1000
+        give_up_at = loop.time() + gap_timeout
         while room.behind and self.sessions.get(live.id) is live:
             before = room.seq
             try:
@@ -329,13 +326,13 @@ class LiveHub:
                 self._offer(live, seq, text)
             if room.seq > before:
                 delay = FILL_RETRY_INITIAL_S
-                give_up_at = loop.time() + GAP_TIMEOUT_S
+                give_up_at = loop.time() + gap_timeout
                 continue
             if loop.time() >= give_up_at:
                 self._lost_track(live)
                 if live.mirror is None:
                     return
-                give_up_at = loop.time() + GAP_TIMEOUT_S  # the mirror's frames will be stored
+                give_up_at = loop.time() + gap_timeout  # the mirror's frames will be stored
             await asyncio.sleep(delay)
             delay = min(2 * delay, FILL_RETRY_MAX_S)
 
