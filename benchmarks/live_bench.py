@@ -3,14 +3,19 @@
     python benchmarks/live_bench.py clinic            # S=50, R=30, W=2, T=20
     python benchmarks/live_bench.py max               # raise S until p99 > 250 ms or a loss
     python benchmarks/live_bench.py all               # both, hub and baseline (~6-9 min)
+    python benchmarks/live_bench.py scaleout          # both, one hub process vs two (~10 min)
     python benchmarks/live_bench.py clinic --target hub --sessions 100 --seconds 10
+    python benchmarks/live_bench.py clinic --target hub-redis
 
 Every run starts a fresh server process (`hub serve`, or benchmarks/baseline_app.py: one
 transaction per frame before broadcasting) on a fresh database `bench_<random>` created on
---database-url's server and dropped afterwards. The server is pinned to one core (`taskset -c
-0`), this load generator to the other (`-c 1`): one process, asyncio + uvloop, `websockets`
-clients without compression. Mirrors send metric frames on an absolute schedule (no drift)
-with their send time (time.time()) in `ts`; watchers take latency = receive time - ts. See
+--database-url's server and dropped afterwards. The targets hub-postgres and hub-redis start
+two hub processes instead, joined by that backplane (HUB_BACKPLANE; hub-redis also starts a
+redis-server): mirrors connect to process A, watchers to process B, so every delivery crosses
+the backplane. The server (every process of it) is pinned to one core (`taskset -c 0`), this
+load generator to the other (`-c 1`): one process, asyncio + uvloop, `websockets` clients
+without compression. Mirrors send metric frames on an absolute schedule (no drift) with their
+send time (time.time()) in `ts`; watchers take latency = receive time - ts. See
 benchmarks/README.md for what each figure means. This is a benchmark, not a test.
 """
 
@@ -25,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -37,9 +43,10 @@ import urllib.parse
 import urllib.request
 import uuid
 from array import array
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -52,7 +59,31 @@ from websockets.frames import apply_mask  # C implementation when websockets has
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_APP = Path(__file__).resolve().parent / "baseline_app.py"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TARGETS = ("hub", "baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What a target runs: the app, and for a scaled-out hub the backplane between its two
+    processes (mirrors connect to the first, watchers to the second)."""
+
+    app: str  # "hub" or "baseline"
+    backplane: str | None = None  # None: one process; "postgres" or "redis": two
+
+    @property
+    def processes(self) -> int:
+        return 1 if self.backplane is None else 2
+
+
+VARIANTS = {
+    "hub": Variant("hub"),
+    "baseline": Variant("baseline"),
+    "hub-postgres": Variant("hub", "postgres"),
+    "hub-redis": Variant("hub", "redis"),
+}
+TARGETS = tuple(VARIANTS)  # also the order of the columns
+DEFAULT_TARGETS = ("hub", "baseline")  # clinic, max, all
+SCALEOUT_TARGETS = ("hub", "hub-postgres", "hub-redis")
+NODE_NAMES = "AB"
 P99_LIMIT_MS = 250.0
 MAX_STEPS = (10, 25, 50, 100, 200, 300, 400, 500, 600, 800, 1000)
 CONNECT_CONCURRENCY = 64
@@ -94,7 +125,7 @@ class Result:
     max_ms: float = float("nan")
     ack_p50_ms: float = float("nan")
     ack_p99_ms: float = float("nan")
-    buffer_peak: int | None = None  # hub only: its write buffer's high-water mark (/health)
+    buffer_peak: int | None = None  # hub only: its write buffers' high-water marks (/health)
     lost: int = 0
     duplicates: int = 0
     out_of_order: int = 0
@@ -103,7 +134,15 @@ class Result:
     stored: int = 0
     acked: int = 0
     errors: int = 0  # error frames and unexpected closes seen by the generator
-    server_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0  # the sum over the server's processes (A + B when scaled out)
+    # Each hub process's share of server_cpu_s (A, then B).
+    process_cpu_s: list[float] = dataclasses.field(default_factory=list)
+    redis_cpu_s: float | None = None  # the redis-server of a Redis backplane
+    backplane_resets: int | None = None  # scaled out: reconnections of the backplane (/health)
+    # Close codes of connections the server closed (1006: dropped) during the run, and counts.
+    closes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Per hub process: warning/error lines in its log during the run (teardown not included).
+    log_warnings: dict[str, int] = dataclasses.field(default_factory=dict)
     server_cpu_util: float = 0.0
     cpu_per_1000: float = float("nan")
     peak_rss_mb: float = 0.0
@@ -114,6 +153,29 @@ class Result:
     # that started and ended within the run is missed).
     other_cpu_s: float = 0.0
     wall_s: float = 0.0  # from the first send to the end of the drain
+
+    @property
+    def processes(self) -> int:
+        return len(self.process_cpu_s) or 1
+
+    @property
+    def process_shares(self) -> str:
+        """Each hub process's CPU, in % of one core: "A/B"."""
+        return "/".join(fmt(c / self.wall_s * 100, 0) for c in self.process_cpu_s)
+
+    @property
+    def db_cpu_util(self) -> float:
+        return self.db_cpu_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def redis_cpu_util(self) -> float:
+        return (self.redis_cpu_s or 0.0) / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cpu_with_redis_per_1000(self) -> float:
+        """Server CPU plus redis-server's, per 1000 deliveries."""
+        cpu = self.server_cpu_s + (self.redis_cpu_s or 0.0)
+        return cpu / self.deliveries * 1000 if self.deliveries else float("nan")
 
     @property
     def other_cpu_util(self) -> float:
@@ -129,6 +191,9 @@ class Result:
         because the server pushed back)."""
         return self.offered_share < GENERATOR_OK_SHARE and self.gen_cpu_util > GENERATOR_BUSY
 
+    def closes_text(self) -> str:
+        return ", ".join(f"{code}x{n}" for code, n in self.closes.items())
+
     def failures(self) -> list[str]:
         """Why this run fails the `max` criteria (empty: it passes)."""
         out = []
@@ -142,6 +207,8 @@ class Result:
             out.append(f"stored {self.stored} of {self.sent}")
         if self.acked != self.sent:
             out.append(f"acked {self.acked} of {self.sent}")
+        if self.closes:
+            out.append(f"server closed {self.closes_text()}")
         if self.offered_share < GENERATOR_OK_SHARE and not self.generator_limited:
             out.append(f"mirrors held back: offered {self.offered_share:.0%} of the load")
         return out
@@ -169,35 +236,21 @@ def pinned(cpus: str | None, command: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *command]
 
 
-class Server:
-    """One server process (hub or baseline) on its own port and database."""
+class Process:
+    """One child process listening on `port`, pinned to `cpus`, its output in a temporary log."""
 
-    def __init__(self, target: str, database_url: str, cpus: str | None) -> None:
-        self.target = target
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(
-            prefix=f"bench-{target}-", suffix=".log", delete=False
-        )
-        self.secret = secrets.token_urlsafe(32)
-        self.data_dir = tempfile.mkdtemp(prefix="bench-hub-")
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "HUB_LOG_LEVEL": "warning",
-            "HUB_DATA_DIR": self.data_dir,
-            # Credentials: the hub verifies tokens this benchmark signs with the same secret.
-            "HUB_AUTH_SECRET": self.secret,
-            # Every client of the benchmark comes from 127.0.0.1; in a clinic each device has
-            # its own address, so the per-address connection cap must not apply here.
-            "HUB_MAX_CONNECTIONS_PER_CLIENT": "1000000",
-        }
-        if target == "hub":
-            command = [sys.executable, "-m", "hub", "serve", "--port", str(self.port)]
-        else:
-            command = [sys.executable, str(BASELINE_APP), "--port", str(self.port)]
-            command += ["--database-url", database_url]
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        cpus: str | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.log_mark: int | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             pinned(cpus, command),
             cwd=ROOT,
@@ -208,17 +261,16 @@ class Server:
         )
         self.ps = psutil.Process(self.proc.pid)  # taskset execs: same pid
 
-    async def wait_ready(self, within_s: float = 60.0) -> None:
+    async def wait_ready(self, probe: Callable[[int], bool], within_s: float = 60.0) -> None:
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.target} exited at start:\n{self.tail()}")
+                raise RuntimeError(f"{self.name} exited at start:\n{self.tail()}")
             with contextlib.suppress(OSError):
-                status = await asyncio.to_thread(_http_status, self.base + "/health")
-                if status == 200:
+                if await asyncio.to_thread(probe, self.port):
                     return
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"{self.target} not ready in {within_s:.0f}s:\n{self.tail()}")
+        raise RuntimeError(f"{self.name} not ready in {within_s:.0f}s:\n{self.tail()}")
 
     def processes(self) -> list[psutil.Process]:
         try:
@@ -251,16 +303,187 @@ class Server:
                     return int(line.split()[1]) * 1024
         return 0
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+    def wait(self) -> None:
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
+
+    def lines(self) -> list[str]:
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text(errors="replace").splitlines()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.lines()[-lines:])
+
+    def mark_log(self) -> None:
+        """Remember how far the log is: what follows comes from the teardown."""
+        self.log_mark = len(self.lines())
+
+    def warnings(self) -> tuple[Counter[str], int]:
+        """The log's warning and error lines up to the mark, numbers and ids blanked so that
+        repeats of a message count together; and how many such lines follow the mark."""
+        during: Counter[str] = Counter()
+        after = 0
+        for index, line in enumerate(self.lines()):
+            found = LOG_LEVEL.search(line)
+            if found is None:
+                continue
+            if self.log_mark is not None and index >= self.log_mark:
+                after += 1
+            else:
+                during[VARYING.sub("#", found.group(0))[:160]] += 1
+        return during, after
+
+
+LOG_LEVEL = re.compile(r"\b(?:WARNING|ERROR|CRITICAL)\b:?\s.*")  # the hub's and uvicorn's
+VARYING = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|[0-9a-f]{12}|\d+(?:\.\d+)?")
+
+
+def http_ready(port: int) -> bool:
+    return _http_status(f"http://127.0.0.1:{port}/health") == 200
+
+
+def redis_ready(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(64).startswith(b"+PONG")
+
+
+class Server:
+    """What the generator connects to: one server process (hub or baseline), or for a
+    scaled-out target two hub processes, A and B, on one database, joined by a backplane
+    (with the redis-server a Redis backplane needs, started for the run). Mirrors connect to
+    the first process, watchers to the last, so with two every delivery crosses the backplane.
+    Every process, redis-server included, is pinned to the same `cpus`: a scaled-out target
+    gets the single process's CPU budget, and its server CPU is the sum over its processes."""
+
+    def __init__(self, target: str, database_url: str, cpus: str | None) -> None:
+        self.target = target
+        self.variant = VARIANTS[target]
+        self.database_url = database_url
+        self.cpus = cpus
+        self.secret = secrets.token_urlsafe(32)
+        self.data_dir = tempfile.mkdtemp(prefix="bench-hub-")
+        self.nodes: list[Process] = []  # A (mirrors), then B (watchers) when scaled out
+        self.redis: Process | None = None
+
+    @property
+    def mirror_port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def watch_port(self) -> int:
+        return self.nodes[-1].port
+
+    async def start(self) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "HUB_LOG_LEVEL": "warning",
+            "HUB_DATA_DIR": self.data_dir,
+            # Credentials: the hub verifies tokens this benchmark signs with the same secret.
+            "HUB_AUTH_SECRET": self.secret,
+            # Every client of the benchmark comes from 127.0.0.1; in a clinic each device has
+            # its own address, so the per-address connection cap must not apply here.
+            "HUB_MAX_CONNECTIONS_PER_CLIENT": "1000000",
+            "HUB_BACKPLANE": self.variant.backplane or "memory",
+        }
+        if self.variant.backplane == "redis":
+            if shutil.which("redis-server") is None:
+                raise SystemExit(f"redis-server not found: needed by --target {self.target}")
+            port = free_port()
+            command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+            command += ["--save", "", "--appendonly", "no"]
+            self.redis = Process("redis-server", command, port, self.cpus)
+            await self.redis.wait_ready(redis_ready)
+            env["HUB_BACKPLANE"] = f"redis://127.0.0.1:{port}/0"
+        for index in range(self.variant.processes):
+            port = free_port()
+            if self.variant.app == "hub":
+                command = [sys.executable, "-m", "hub", "serve", "--port", str(port)]
+                if index:
+                    command.append("--no-migrate")  # A migrated the database
+            else:
+                command = [sys.executable, str(BASELINE_APP), "--port", str(port)]
+                command += ["--database-url", self.database_url]
+            name = self.target
+            if self.variant.processes > 1:
+                name += "-" + NODE_NAMES[index]
+            node = Process(name, command, port, self.cpus, env)
+            self.nodes.append(node)
+            await node.wait_ready(http_ready)  # B starts once A has migrated
+
+    def describe(self) -> str:
+        parts = [f"{n.name} pid {n.proc.pid} port {n.port}" for n in self.nodes]
+        if self.redis is not None:
+            parts.append(f"redis-server pid {self.redis.proc.pid} port {self.redis.port}")
+        return ", ".join(parts)
+
+    def everyone(self) -> list[Process]:
+        return [*self.nodes, *([self.redis] if self.redis is not None else [])]
+
+    def pids(self) -> set[int]:
+        return {p.pid for process in self.everyone() for p in process.processes()}
+
+    def cpu_seconds(self) -> list[float]:
+        """Each server process's CPU seconds (A, then B)."""
+        return [node.cpu_seconds() for node in self.nodes]
+
+    def redis_cpu_seconds(self) -> float | None:
+        return None if self.redis is None else self.redis.cpu_seconds()
+
+    def rss(self) -> int:
+        return sum(node.rss() for node in self.nodes)
+
+    def peak_rss(self) -> int:
+        return sum(node.peak_rss() for node in self.nodes)
+
+    async def health(self) -> list[dict[str, Any]]:
+        """Each hub process's /health `live` figures (empty for the baseline)."""
+        if self.variant.app != "hub":
+            return []
+        out = []
+        for node in self.nodes:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                url = f"http://127.0.0.1:{node.port}/health"
+                out.append((await asyncio.to_thread(_http_json, url))["live"])
+        return out
+
+    def exited(self) -> list[Process]:
+        return [p for p in self.everyone() if p.proc.poll() is not None]
+
+    def stop(self) -> None:
+        """SIGTERM to every hub process at once (each stores what it buffered), then to the
+        redis-server they publish through."""
+        for node in self.nodes:
+            node.terminate()
+        for node in self.nodes:
+            node.wait()
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def mark_logs(self) -> None:
+        for node in self.nodes:
+            node.mark_log()
+
+    def log_warnings(self) -> dict[str, tuple[Counter[str], int]]:
+        """Per hub process (by name), what its log warned about during the run, and how many
+        warning lines followed at teardown; then every log is deleted."""
+        out = {node.name: node.warnings() for node in self.nodes}
+        for process in self.everyone():
+            with contextlib.suppress(OSError):
+                os.unlink(process.log.name)
+        return out
 
     def hello(self, role: str, session_id: uuid.UUID) -> str:
         """The `hello` for a mirror or watcher of `session_id`, with a credential when the hub
@@ -276,11 +499,6 @@ class Server:
         else:
             message["token"] = tokens.issue("therapist", "bench", 3600)
         return orjson.dumps(message).decode()
-
-    def tail(self, lines: int = 30) -> str:
-        self.log.flush()
-        text = Path(self.log.name).read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
 
 
 def _http_json(url: str) -> Any:
@@ -336,6 +554,10 @@ class Connection:
     """What the generator needs from a WebSocket client: open, hello, send, close. Incoming
     messages go to a callback, so a message costs no task switch."""
 
+    # The code of the server's close frame (1006: the connection dropped without one); None
+    # while open, or when this side closed it.
+    close_code: int | None = None
+
     async def send(self, text: str) -> None:
         raise NotImplementedError
 
@@ -375,6 +597,8 @@ class LeanConnection(asyncio.Protocol, Connection):
         self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:  # neither a close frame nor our abort
+            self.close_code = 1006
         self.closed = True
         for future in (self.opened, self.welcomed, self.writable):
             if future is not None and not future.done():
@@ -439,8 +663,9 @@ class LeanConnection(asyncio.Protocol, Connection):
             elif opcode == 8:  # close: answer it, then let the server end TCP
                 self._write(0x88, payload[:2])
                 self.closed = True
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.close_code = code
                 if not self.welcomed.done():
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                     self.welcomed.set_exception(Closed(f"closed with {code} before welcome"))
         del buffer[:pos]
 
@@ -511,6 +736,7 @@ class LibraryConnection(Connection):
         except ConnectionClosed:
             pass
         self.closed = True
+        self.close_code = self.ws.close_code if self.ws.close_code is not None else 1006
 
     async def send(self, text: str) -> None:
         try:
@@ -602,7 +828,6 @@ class Generator:
         frames = self.load.frames_per_mirror
         self.mirrors = [MirrorState(s, frames) for s in session_ids]
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-        port = self.server.port
         watcher_hello = self.server.hello("watcher", session_ids[0])
 
         async def watcher(mirror: MirrorState) -> None:
@@ -611,7 +836,7 @@ class Generator:
             async with gate:
                 state.conn = await self.client.open(
                     "127.0.0.1",
-                    port,
+                    self.server.watch_port,
                     f"/ws/sessions/{mirror.id}/watch",
                     watcher_hello,
                     self._on_watch(state),
@@ -621,7 +846,7 @@ class Generator:
             async with gate:
                 state.conn = await self.client.open(
                     "127.0.0.1",
-                    port,
+                    self.server.mirror_port,
                     f"/ws/sessions/{state.id}/mirror",
                     self.server.hello("mirror", state.id),
                     self._on_ack(state),
@@ -718,10 +943,18 @@ class Generator:
             m.acked >= m.sent for m in self.mirrors
         )
 
+    def connections(self) -> list[Connection]:
+        conns = [w.conn for w in self.watchers] + [m.conn for m in self.mirrors]
+        return [conn for conn in conns if conn is not None]
+
+    def closes(self) -> dict[str, int]:
+        """How many connections the server closed (or dropped), by close code."""
+        codes = Counter(str(c.close_code) for c in self.connections() if c.close_code is not None)
+        return dict(sorted(codes.items()))
+
     async def close(self) -> None:
-        for state in [*self.watchers, *self.mirrors]:
-            if state.conn is not None:
-                state.conn.abort()
+        for conn in self.connections():
+            conn.abort()
 
 
 async def sample_rss(server: Server, peak: list[int]) -> None:
@@ -767,7 +1000,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def run_once(target: str, load: Load, args: argparse.Namespace) -> Result:
-    """One run: fresh database, fresh server process, connect, stream, drain, measure."""
+    """One run: fresh database, fresh server process(es), connect, stream, drain, measure."""
     admin_url, profile = args.database_url, args.py_spy
     if args.quiet_wait > 0:
         await wait_until_quiet(args.quiet_wait)
@@ -776,11 +1009,12 @@ async def run_once(target: str, load: Load, args: argparse.Namespace) -> Result:
     await admin.execute(f'CREATE DATABASE "{database}"')
     server: Server | None = None
     generator: Generator | None = None
+    result: Result | None = None
     try:
         url = with_database(admin_url, database)
         server = Server(target, url, args.server_cpus)
-        await server.wait_ready()
-        progress(f"  {target} pid {server.proc.pid}, port {server.port}, database {database}")
+        await server.start()
+        progress(f"  {server.describe()}, database {database}")
         db = await asyncpg.connect(url)
         try:
             session_ids = [uuid.uuid4() for _ in range(load.sessions)]
@@ -795,35 +1029,53 @@ async def run_once(target: str, load: Load, args: argparse.Namespace) -> Result:
                 target, load, server, generator, database, profile, args.py_spy_native
             )
             result.stored = await db.fetchval("SELECT count(*) FROM frames")
-            if target == "hub":
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    health = await asyncio.to_thread(_http_json, server.base + "/health")
-                    result.buffer_peak = int(health["live"]["buffer_peak_frames"])
+            health = await server.health()
+            if health:
+                result.buffer_peak = sum(int(h["buffer_peak_frames"]) for h in health)
+            if server.variant.processes > 1 and health:
+                result.backplane_resets = sum(int(h.get("backplane_resets", 0)) for h in health)
+            server.mark_logs()
         finally:
             await db.close()
-        if server.proc.poll() is not None:
-            print(f"  ! {target} exited during the run:\n{server.tail()}", file=sys.stderr)
+        for process in server.exited():
+            print(f"  ! {process.name} exited during the run:\n{process.tail()}", file=sys.stderr)
         return result
     finally:
-        if generator is not None:
-            await generator.close()
-        if server is not None:
-            await asyncio.to_thread(server.stop)
-            os.unlink(server.log.name)
-        with contextlib.suppress(asyncpg.PostgresError):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        try:
+            if generator is not None:
+                await generator.close()
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+                report_log_warnings(server.log_warnings(), result)
+        finally:  # the database goes whatever happened above
+            with contextlib.suppress(asyncpg.PostgresError):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await admin.close()
+
+
+def report_log_warnings(found: dict[str, tuple[Counter[str], int]], result: Result | None) -> None:
+    """What the server processes logged at warning or above: during the run (until the
+    figures were taken), and at teardown (the generator drops its connections, then SIGTERM)."""
+    for name, (during, after) in found.items():
+        if result is not None:
+            result.log_warnings[name] = during.total()
+        if during:
+            progress(f"  {name} log: {during.total()} warning/error lines in the run, most often:")
+            for message, count in during.most_common(4):
+                progress(f"    {count:>6} x {message}")
+        if after:
+            progress(f"  {name} log: {after} warning/error lines at teardown")
 
 
 def start_profiler(
-    server: Server, load: Load, prefix: str, native: bool
+    process: Process, load: Load, prefix: str, native: bool
 ) -> subprocess.Popen[bytes]:
-    """py-spy on the server for the sending window: collapsed stacks, one line per stack.
-    With `native`, C frames too (libc write, the GC …); py-spy then pauses the process for
-    each sample, so it samples less often."""
+    """py-spy on one server process for the sending window: collapsed stacks, one line per
+    stack. With `native`, C frames too (libc write, the GC …); py-spy then pauses the process
+    for each sample, so it samples less often."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = f"{prefix}-{server.target}-S{load.sessions}.txt"
-    command = [exe, "record", "--pid", str(server.proc.pid)]
+    out = f"{prefix}-{process.name}-S{load.sessions}.txt"
+    command = [exe, "record", "--pid", str(process.proc.pid)]
     command += ["--rate", "100", "--native"] if native else ["--rate", "250", "--nonblocking"]
     command += ["--format", "raw", "--duration", str(round(load.seconds)), "-o", out]
     progress(f"  py-spy -> {out}")
@@ -844,10 +1096,11 @@ async def measure(
     backends.mark()
     peak = [server.rss()]
     sampler = asyncio.create_task(sample_rss(server, peak))
-    cpu0, gen0, wall0 = server.cpu_seconds(), time.process_time(), time.time()
+    cpu0, redis0 = server.cpu_seconds(), server.redis_cpu_seconds()
+    gen0, wall0 = time.process_time(), time.time()
     everyone0 = process_cpu()
     start = loop.time() + 0.2
-    profiler = start_profiler(server, load, profile, native) if profile else None
+    profilers = [start_profiler(n, load, profile, native) for n in server.nodes if profile]
     await generator.stream(start)
     send_end = loop.time()
     behind = generator.backlog_seconds()
@@ -856,13 +1109,15 @@ async def measure(
         await asyncio.sleep(0.05)
     drain = loop.time() - send_end
     wall = time.time() - wall0
-    cpu = server.cpu_seconds() - cpu0
+    cpus = [after - before for after, before in zip(server.cpu_seconds(), cpu0, strict=True)]
+    cpu = sum(cpus)
+    redis1 = server.redis_cpu_seconds()
     gen_cpu = time.process_time() - gen0
     db_cpu = backends.seconds()
-    ours = {os.getpid(), *(p.pid for p in server.processes()), *backends.pids()}
+    ours = {os.getpid(), *server.pids(), *backends.pids()}
     other_cpu = others_cpu(everyone0, process_cpu(), ours)
     sampler.cancel()
-    if profiler is not None:
+    for profiler in profilers:
         await asyncio.to_thread(profiler.wait)
     peak_rss = max(peak[0], server.peak_rss())
 
@@ -894,6 +1149,9 @@ async def measure(
         acked=sum(min(m.acked, m.sent) for m in g.mirrors),
         errors=g.unexpected + sum(m.errors for m in g.mirrors),
         server_cpu_s=cpu,
+        process_cpu_s=cpus,
+        redis_cpu_s=None if redis0 is None or redis1 is None else redis1 - redis0,
+        closes=g.closes(),
         server_cpu_util=cpu / wall,
         cpu_per_1000=cpu / deliveries * 1000 if deliveries else float("nan"),
         peak_rss_mb=peak_rss / 2**20,
@@ -915,56 +1173,153 @@ def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-ROWS: list[tuple[str, Callable[[Result], str], Callable[[Result], float] | None]] = [
-    ("offered frames/s (mirrors)", lambda r: fmt(r.offered_per_s, 0), lambda r: r.offered_per_s),
-    (
+def scaled_out(r: Result) -> bool:
+    return r.processes > 1
+
+
+def with_redis(r: Result) -> bool:
+    return r.redis_cpu_s is not None
+
+
+def closed_or_scaled(r: Result) -> bool:
+    return scaled_out(r) or bool(r.closes)
+
+
+class Row(NamedTuple):
+    """A line of the side-by-side table: its label, its cell, the value compared with the
+    hub's (ratio columns), and when it is shown (if it holds for any of the results)."""
+
+    name: str
+    show: Callable[[Result], str]
+    value: Callable[[Result], float] | None = None
+    only_if: Callable[[Result], bool] | None = None
+
+
+ROWS: list[Row] = [
+    Row("offered frames/s (mirrors)", lambda r: fmt(r.offered_per_s, 0), lambda r: r.offered_per_s),
+    Row(
         "delivered frames/s (watchers)",
         lambda r: fmt(r.delivered_per_s, 0),
         lambda r: r.delivered_per_s,
     ),
-    ("latency p50 ms", lambda r: fmt(r.p50_ms, 2), lambda r: r.p50_ms),
-    ("latency p99 ms", lambda r: fmt(r.p99_ms, 2), lambda r: r.p99_ms),
-    ("latency max ms", lambda r: fmt(r.max_ms, 1), lambda r: r.max_ms),
-    ("ack latency p50 ms", lambda r: fmt(r.ack_p50_ms, 1), lambda r: r.ack_p50_ms),
-    ("ack latency p99 ms", lambda r: fmt(r.ack_p99_ms, 1), lambda r: r.ack_p99_ms),
-    ("behind when sending stopped s", lambda r: fmt(r.behind_s, 2), None),
-    (
-        "lost / duplicate / out-of-order",
-        lambda r: f"{r.lost}/{r.duplicates}/{r.out_of_order}",
-        None,
+    Row("latency p50 ms", lambda r: fmt(r.p50_ms, 2), lambda r: r.p50_ms),
+    Row("latency p99 ms", lambda r: fmt(r.p99_ms, 2), lambda r: r.p99_ms),
+    Row("latency max ms", lambda r: fmt(r.max_ms, 1), lambda r: r.max_ms),
+    Row("ack latency p50 ms", lambda r: fmt(r.ack_p50_ms, 1), lambda r: r.ack_p50_ms),
+    Row("ack latency p99 ms", lambda r: fmt(r.ack_p99_ms, 1), lambda r: r.ack_p99_ms),
+    Row("behind when sending stopped s", lambda r: fmt(r.behind_s, 2)),
+    Row("lost / duplicate / out-of-order", lambda r: f"{r.lost}/{r.duplicates}/{r.out_of_order}"),
+    Row("stored / sent", lambda r: f"{r.stored}/{r.sent}"),
+    Row("acked / sent", lambda r: f"{r.acked}/{r.sent}"),
+    Row(
+        "server CPU s / 1000 deliveries", lambda r: fmt(r.cpu_per_1000, 3), lambda r: r.cpu_per_1000
     ),
-    ("stored / sent", lambda r: f"{r.stored}/{r.sent}", None),
-    ("acked / sent", lambda r: f"{r.acked}/{r.sent}", None),
-    ("server CPU s / 1000 deliveries", lambda r: fmt(r.cpu_per_1000, 3), lambda r: r.cpu_per_1000),
-    ("server CPU (of one core) %", lambda r: fmt(r.server_cpu_util * 100, 0), None),
-    ("server peak RSS MB", lambda r: fmt(r.peak_rss_mb, 0), lambda r: r.peak_rss_mb),
-    (
+    Row("server CPU (of one core) %", lambda r: fmt(r.server_cpu_util * 100, 0)),
+    Row(
+        "  per process (A / B) CPU s",
+        lambda r: " / ".join(fmt(c, 1) for c in r.process_cpu_s),
+        only_if=scaled_out,
+    ),
+    Row(
+        "redis-server CPU s",
+        lambda r: "-" if r.redis_cpu_s is None else fmt(r.redis_cpu_s, 1),
+        only_if=with_redis,
+    ),
+    Row(
+        "server+redis CPU s / 1000 deliv.",
+        lambda r: fmt(r.cpu_with_redis_per_1000, 3),
+        lambda r: r.cpu_with_redis_per_1000,
+        with_redis,
+    ),
+    Row("server peak RSS MB", lambda r: fmt(r.peak_rss_mb, 0), lambda r: r.peak_rss_mb),
+    Row(
         "hub write-buffer peak frames",
         lambda r: "-" if r.buffer_peak is None else str(r.buffer_peak),
-        None,
     ),
-    ("PostgreSQL backends CPU s", lambda r: fmt(r.db_cpu_s, 1), lambda r: r.db_cpu_s),
-    ("generator CPU %", lambda r: fmt(r.gen_cpu_util * 100, 0), None),
-    ("other processes' CPU (of one core) %", lambda r: fmt(r.other_cpu_util * 100, 0), None),
-    ("generator send lag p99 ms", lambda r: fmt(r.send_lag_p99_ms, 2), None),
-    ("errors / unexpected closes", lambda r: str(r.errors), None),
+    Row("PostgreSQL backends CPU s", lambda r: fmt(r.db_cpu_s, 1), lambda r: r.db_cpu_s),
+    Row(
+        "backplane resets",
+        lambda r: "-" if r.backplane_resets is None else str(r.backplane_resets),
+        only_if=scaled_out,
+    ),
+    Row("generator CPU %", lambda r: fmt(r.gen_cpu_util * 100, 0)),
+    Row("other processes' CPU (of one core) %", lambda r: fmt(r.other_cpu_util * 100, 0)),
+    Row("generator send lag p99 ms", lambda r: fmt(r.send_lag_p99_ms, 2)),
+    Row("errors / unexpected closes", lambda r: str(r.errors)),
+    Row(
+        "closed by the server (code x n)", lambda r: r.closes_text() or "0", None, closed_or_scaled
+    ),
+    Row(
+        "server log warning/error lines",
+        lambda r: str(sum(r.log_warnings.values())),
+        only_if=scaled_out,
+    ),
 ]
+
+
+def shown(conditional: Iterable[Any], results: Iterable[Result]) -> list[Any]:
+    """The rows or columns to show: those without a condition, and those whose condition holds
+    for at least one of the results."""
+    results = list(results)
+    return [c for c in conditional if c.only_if is None or any(map(c.only_if, results))]
 
 
 def print_comparison(title: str, results: dict[str, Result]) -> None:
     print(f"\n{title}")
     targets = [t for t in TARGETS if t in results]
-    both = len(targets) == 2
+    # Every other target against the single-process hub: how many times its figure.
+    compared = [t for t in targets if t != "hub"] if "hub" in results else []
+    widths = [max(14, len(t) + 6) for t in compared]
     header = f"{'':34}" + "".join(f"{t:>16}" for t in targets)
-    header += f"{'baseline/hub':>14}" if both else ""
+    header += "".join(f"{t + '/hub':>{w}}" for t, w in zip(compared, widths, strict=True))
     print(header)
     print("-" * len(header))
-    for name, show, value in ROWS:
-        line = f"{name:34}" + "".join(f"{show(results[t]):>16}" for t in targets)
-        if both and value is not None:
-            hub, base = value(results["hub"]), value(results["baseline"])
-            line += f"{(fmt(base / hub, 2) + 'x') if hub else '-':>14}"
+    for row in shown(ROWS, results.values()):
+        line = f"{row.name:34}" + "".join(f"{row.show(results[t]):>16}" for t in targets)
+        if row.value is not None:
+            hub = row.value(results["hub"]) if compared else 0.0
+            for t, w in zip(compared, widths, strict=True):
+                ratio = (fmt(row.value(results[t]) / hub, 2) + "x") if hub else "-"
+                line += f"{ratio:>{w}}"
         print(line)
+
+
+class Column(NamedTuple):
+    """A column of the `max` step table."""
+
+    header: str
+    width: int
+    cell: Callable[[Result], str]
+    only_if: Callable[[Result], bool] | None = None
+
+
+STEP_COLUMNS: list[Column] = [
+    Column("S", 5, lambda r: str(r.load.sessions)),
+    Column("offered/s", 10, lambda r: fmt(r.offered_per_s, 0)),
+    Column("deliv/s", 10, lambda r: fmt(r.delivered_per_s, 0)),
+    Column("p50 ms", 8, lambda r: fmt(r.p50_ms, 2)),
+    Column("p99 ms", 9, lambda r: fmt(r.p99_ms, 1)),
+    Column("max ms", 9, lambda r: fmt(r.max_ms, 0)),
+    Column("lost/dup/ooo", 13, lambda r: f"{r.lost}/{r.duplicates}/{r.out_of_order}"),
+    Column("stored/sent", 15, lambda r: f"{r.stored}/{r.sent}"),
+    Column("acked", 8, lambda r: str(r.acked == r.sent)),
+    Column("CPU/1k", 7, lambda r: fmt(r.cpu_per_1000, 3)),
+    Column("CPU%", 5, lambda r: fmt(r.server_cpu_util * 100, 0)),
+    Column("A/B CPU%", 9, lambda r: r.process_shares, scaled_out),
+    Column("redis%", 6, lambda r: fmt(r.redis_cpu_util * 100, 0), with_redis),
+    Column("PG%", 4, lambda r: fmt(r.db_cpu_util * 100, 0), scaled_out),
+    Column("RSS MB", 7, lambda r: fmt(r.peak_rss_mb, 0)),
+    Column("gen%", 5, lambda r: fmt(r.gen_cpu_util * 100, 0)),
+    Column("other%", 6, lambda r: fmt(r.other_cpu_util * 100, 0)),
+]
+
+
+def verdict(r: Result, short: bool = False) -> str:
+    failures = r.failures()
+    if short:
+        return "FAIL" if failures else "gen-limited" if r.generator_limited else "pass"
+    text = "pass" if not failures else "FAIL: " + ", ".join(failures)
+    return text + (" (generator-limited)" if r.generator_limited else "")
 
 
 def print_steps(target: str, results: list[Result]) -> None:
@@ -972,28 +1327,31 @@ def print_steps(target: str, results: list[Result]) -> None:
         f"\nmax, {target}: R={results[0].load.rate:g} Hz, W={results[0].load.watchers},"
         f" T={results[0].load.seconds:g} s per step"
     )
-    header = (
-        f"{'S':>5} {'offered/s':>10} {'deliv/s':>10} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>9}"
-        f" {'lost/dup/ooo':>13} {'stored/sent':>15} {'acked':>8} {'CPU/1k':>7} {'CPU%':>5}"
-        f" {'RSS MB':>7} {'gen%':>5} {'other%':>6}  verdict"
-    )
+    columns = shown(STEP_COLUMNS, results)
+    header = " ".join(f"{c.header:>{c.width}}" for c in columns) + "  verdict"
     print(header)
     print("-" * len(header))
     for r in results:
-        failures = r.failures()
-        verdict = "pass" if not failures else "FAIL: " + ", ".join(failures)
-        if r.generator_limited:
-            verdict += " (generator-limited)"
-        print(
-            f"{r.load.sessions:>5} {fmt(r.offered_per_s, 0):>10} {fmt(r.delivered_per_s, 0):>10}"
-            f" {fmt(r.p50_ms, 2):>8} {fmt(r.p99_ms, 1):>9} {fmt(r.max_ms, 0):>9}"
-            f" {f'{r.lost}/{r.duplicates}/{r.out_of_order}':>13}"
-            f" {f'{r.stored}/{r.sent}':>15} {r.acked == r.sent!s:>8}"
-            f" {fmt(r.cpu_per_1000, 3):>7} {fmt(r.server_cpu_util * 100, 0):>5}"
-            f" {fmt(r.peak_rss_mb, 0):>7} {fmt(r.gen_cpu_util * 100, 0):>5}"
-            f" {fmt(r.other_cpu_util * 100, 0):>6}"
-            f"  {verdict}"
-        )
+        print(" ".join(f"{c.cell(r):>{c.width}}" for c in columns) + f"  {verdict(r)}")
+
+
+def print_max_side_by_side(summary: dict[str, Any]) -> None:
+    """Every target's steps next to each other: p99, server CPU per 1000 deliveries, verdict."""
+    targets = [t for t in TARGETS if t in summary]
+    steps = {t: {r.load.sessions: r for r in summary[t]["steps"]} for t in targets}
+    sessions = sorted({s for by_s in steps.values() for s in by_s})
+    print("\nmax, side by side: latency p99 ms / server CPU s per 1000 deliveries / verdict")
+    header = f"{'S':>5}" + "".join(f"{t:>26}" for t in targets)
+    print(header)
+    print("-" * len(header))
+    for s in sessions:
+        line = f"{s:>5}"
+        for t in targets:
+            r = steps[t].get(s)
+            cell = "" if r is None else f"{fmt(r.p99_ms, 1)} / {fmt(r.cpu_per_1000, 3)} / "
+            line += f"{cell + (verdict(r, short=True) if r else ''):>26}"
+        print(line)
+    print(f"{'best':>5}" + "".join(f"{summary[t]['best'] or 'none'!s:>26}" for t in targets))
 
 
 def progress(message: str) -> None:
@@ -1001,11 +1359,18 @@ def progress(message: str) -> None:
 
 
 def describe(r: Result) -> str:
-    return (
+    text = (
         f"p50 {fmt(r.p50_ms, 2)} ms, p99 {fmt(r.p99_ms, 2)} ms, lost {r.lost},"
         f" stored {r.stored}/{r.sent}, CPU {fmt(r.server_cpu_util * 100, 0)}%,"
         f" gen {fmt(r.gen_cpu_util * 100, 0)}%"
     )
+    if scaled_out(r):
+        text += f", A/B {r.process_shares}%, PostgreSQL {fmt(r.db_cpu_util * 100, 0)}%"
+    if with_redis(r):
+        text += f", redis-server {fmt(r.redis_cpu_util * 100, 0)}%"
+    if r.closes:
+        text += f", server closed {r.closes_text()}"
+    return text
 
 
 async def scenario_clinic(args: argparse.Namespace, targets: Iterable[str]) -> dict[str, Result]:
@@ -1026,7 +1391,7 @@ async def scenario_clinic(args: argparse.Namespace, targets: Iterable[str]) -> d
         progress(f"  {describe(r)}")
     print_comparison(
         f"clinic: S={load.sessions} mirrors x R={load.rate:g} Hz, W={load.watchers} watchers"
-        f" each, T={load.seconds:g} s{pin_note(args)}",
+        f" each, T={load.seconds:g} s{pin_note(args, results)}",
         results,
     )
     if "hub" in results:
@@ -1067,6 +1432,8 @@ async def scenario_max(args: argparse.Namespace, targets: Iterable[str]) -> dict
         more = " (stopped: the load generator, not the server, was the limit)" if limited else ""
         print(f"largest passing S for {target}: {best if best is not None else 'none'}{more}")
         summary[target] = {"best": best, "steps": results, "generator_limited": limited}
+    if len(summary) > 1:
+        print_max_side_by_side(summary)
     if "hub" in summary:
         best = summary["hub"]["best"] or 0
         print(
@@ -1076,10 +1443,23 @@ async def scenario_max(args: argparse.Namespace, targets: Iterable[str]) -> dict
     return summary
 
 
-def pin_note(args: argparse.Namespace) -> str:
+def pin_note(args: argparse.Namespace, targets: Iterable[str]) -> str:
     if args.server_cpus is None:
         return " (unpinned)"
-    return f" (server on CPU {args.server_cpus}, generator on CPU {args.client_cpus})"
+    shared = ""
+    if any(VARIANTS[t].processes > 1 for t in targets):
+        shared = ", both hub processes and redis-server too"
+    return f" (server on CPU {args.server_cpus}{shared}, generator on CPU {args.client_cpus})"
+
+
+def scale_out_note(args: argparse.Namespace) -> str:
+    cpus = "unpinned" if args.server_cpus is None else f"all on CPU {args.server_cpus}"
+    return (
+        "two-process targets: mirrors connect to hub process A, watchers to hub process B (each"
+        " delivery crosses the backplane);\n"
+        f"  A, B and hub-redis's redis-server share the single process's CPU budget ({cpus});"
+        " server CPU = A + B, redis-server's is shown apart"
+    )
 
 
 def to_json(value: Any) -> Any:
@@ -1106,15 +1486,18 @@ def describe_setup(args: argparse.Namespace) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
-    targets = TARGETS if args.target == "both" else (args.target,)
+    targets = args.target or (SCALEOUT_TARGETS if args.scenario == "scaleout" else DEFAULT_TARGETS)
     print(describe_setup(args))
+    if any(VARIANTS[t].processes > 1 for t in targets):
+        print(scale_out_note(args))
     out: dict[str, Any] = {}
     started = time.monotonic()
     scenarios: dict[str, Callable[[argparse.Namespace, Iterable[str]], Awaitable[Any]]] = {
         "clinic": scenario_clinic,
         "max": scenario_max,
     }
-    for name in ("clinic", "max") if args.scenario == "all" else (args.scenario,):
+    both = args.scenario in ("all", "scaleout")
+    for name in ("clinic", "max") if both else (args.scenario,):
         out[name] = await scenarios[name](args, targets)
     progress(f"done in {time.monotonic() - started:.0f}s")
     if args.json:
@@ -1122,17 +1505,37 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_targets(text: str) -> tuple[str, ...]:
+    if text == "both":
+        return DEFAULT_TARGETS
+    targets = tuple(t.strip() for t in text.split(","))
+    unknown = [t for t in targets if t not in VARIANTS]
+    if unknown or not targets:
+        raise argparse.ArgumentTypeError(f"unknown target {', '.join(unknown)!r}")
+    return targets
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Mirror Hub live-path benchmark: hub vs one-transaction-per-frame baseline."
+        description="Mirror Hub live-path benchmark: hub vs one-transaction-per-frame baseline,"
+        " and one hub process vs two joined by a backplane (scaleout)."
     )
-    parser.add_argument("scenario", choices=["clinic", "max", "all"])
+    parser.add_argument(
+        "scenario",
+        choices=["clinic", "max", "all", "scaleout"],
+        help="all: clinic then max; scaleout: the same for hub, hub-postgres and hub-redis",
+    )
     parser.add_argument("--sessions", type=int, help="S (clinic: 50; max: the largest step)")
     parser.add_argument("--rate", type=float, help="R, frames/s per mirror (30)")
     parser.add_argument("--watchers", type=int, help="W, watchers per session (2)")
     parser.add_argument("--seconds", type=float, help="T, seconds of sending (clinic 20, max 10)")
     parser.add_argument("--drain", type=float, help="seconds allowed after T for stragglers")
-    parser.add_argument("--target", choices=["hub", "baseline", "both"], default="both")
+    parser.add_argument(
+        "--target",
+        type=parse_targets,
+        help=f"one of {', '.join(TARGETS)}, a comma-separated list of them, or both (hub and"
+        " baseline: the default of clinic, max and all; scaleout's is hub,hub-postgres,hub-redis)",
+    )
     parser.add_argument("--steps", help=f"max: comma-separated S steps (default {MAX_STEPS})")
     parser.add_argument(
         "--database-url",
