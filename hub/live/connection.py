@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub import closecodes
 from hub.frames import Ack, encode
@@ -29,7 +29,7 @@ async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = 
     text = (reason or code.meaning).encode()[:MAX_REASON_BYTES].decode(errors="ignore")
     try:
         await websocket.close(code.code, text)
-    except (RuntimeError, OSError):  # already closed by the peer
+    except (RuntimeError, OSError, WebSocketDisconnect):  # the peer is gone already
         pass
 
 
