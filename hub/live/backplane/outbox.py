@@ -18,10 +18,13 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from hub.live.backplane.base import SEPARATOR
 
 log = logging.getLogger("hub.backplane")
+
+T = TypeVar("T")
 
 Payload = tuple[str, str, int]
 """(channel, payload, how many messages it packs)."""
@@ -70,6 +73,41 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.first
+
+
+async def reopen(name: str, open_: Callable[[], Awaitable[T]]) -> T:
+    """Call `open_` until it succeeds, with capped exponential backoff: a lost connection of
+    a backplane is restored for as long as the hub runs."""
+    backoff = Backoff()
+    attempts = 0
+    while True:
+        await asyncio.sleep(backoff.next())
+        attempts += 1
+        try:
+            result = await open_()
+        except Exception as exc:
+            log.debug("%s backplane: reconnect failed (%s)", name, type(exc).__name__)
+            continue
+        log.warning("%s backplane: reconnected after %d attempt(s)", name, attempts)
+        return result
+
+
+async def after_reconnect(
+    name: str,
+    drop_publisher: Callable[[], Awaitable[None]],
+    outbox: Outbox,
+    on_reset: Callable[[], None] | None,
+) -> None:
+    """The receiving side is back: start the publisher afresh too (it likely shared the
+    receiver's fate, say a half-open link it would only notice by a timeout), without delay,
+    then tell the hub that messages may have been lost."""
+    await drop_publisher()
+    outbox.retry_now()
+    if on_reset is not None:
+        try:
+            on_reset()
+        except Exception as exc:  # the backplane must outlive it
+            log.error("%s backplane: on_reset raised %s", name, type(exc).__name__)
 
 
 class DropLog:

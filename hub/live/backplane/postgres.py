@@ -46,7 +46,7 @@ from typing import Any
 import asyncpg
 
 from hub.live.backplane.base import SEPARATOR, OnMessage, OnReset
-from hub.live.backplane.outbox import Backoff, Outbox, Payload, utf8_length
+from hub.live.backplane.outbox import Outbox, Payload, after_reconnect, reopen, utf8_length
 
 log = logging.getLogger("hub.backplane")
 
@@ -237,32 +237,10 @@ class PostgresBackplane:
         if old is not None:
             old.terminate()  # do not wait on a peer that may be gone
         log.warning("postgres backplane: listener connection lost; reconnecting")
-        backoff = Backoff()
-        attempts = 0
         self._held = []
         try:
-            while True:
-                await asyncio.sleep(backoff.next())
-                attempts += 1
-                try:
-                    await self._open_listener()
-                    break
-                except Exception as exc:
-                    log.debug("postgres backplane: reconnect failed (%s)", type(exc).__name__)
-            log.warning(
-                "postgres backplane: listener reconnected after %d attempt(s), %d channel(s)",
-                attempts,
-                len(self._listening),
-            )
-            # The publisher likely shared the listener's fate (say, a half-open link it would
-            # only notice by a timeout): start it afresh too, and without delay.
-            await self._drop_publisher()
-            self._outbox.retry_now()
-            if self._on_reset is not None:
-                try:
-                    self._on_reset()
-                except Exception as exc:  # the watcher must outlive it
-                    log.error("postgres backplane: on_reset raised %s", type(exc).__name__)
+            await reopen("postgres", self._open_listener)
+            await after_reconnect("postgres", self._drop_publisher, self._outbox, self._on_reset)
         finally:
             held, self._held = self._held, None
         for channel, payload in held:

@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hub.live.backplane.base import SEPARATOR, OnMessage, OnReset
-from hub.live.backplane.outbox import Backoff, Outbox, Payload
+from hub.live.backplane.outbox import Outbox, Payload, after_reconnect, reopen
 
 log = logging.getLogger("hub.backplane")
 
@@ -213,30 +213,8 @@ class RedisBackplane:
             self._handle(response, None)
 
     async def _reconnect(self) -> AbstractConnection:
-        backoff = Backoff()
-        attempts = 0
-        while True:
-            await asyncio.sleep(backoff.next())
-            attempts += 1
-            try:
-                conn, held = await self._open()
-                break
-            except Exception as exc:
-                log.debug("redis backplane: reconnect failed (%s)", type(exc).__name__)
-        log.warning(
-            "redis backplane: subscriber reconnected after %d attempt(s), %d channel(s)",
-            attempts,
-            len(self._subscribed),
-        )
-        # The publisher likely shared the subscriber's fate (say, a half-open link it would
-        # only notice by a timeout): start it afresh too, and without delay.
-        await self._drop_publisher()
-        self._outbox.retry_now()
-        if self._on_reset is not None:
-            try:
-                self._on_reset()
-            except Exception as exc:  # the reader must outlive it
-                log.error("redis backplane: on_reset raised %s", type(exc).__name__)
+        conn, held = await reopen("redis", self._open)
+        await after_reconnect("redis", self._drop_publisher, self._outbox, self._on_reset)
         for channel, data in held:
             self._deliver(channel, data)
         return conn
