@@ -52,9 +52,17 @@ def session_script(task_ids: list[str]) -> list[dict[str, Any]]:
     return frames
 
 
-async def watch(hub: HubProcess, session_id: str, ready: asyncio.Event, n: int) -> list[int]:
+async def watch(
+    hub: HubProcess,
+    session_id: str,
+    ready: asyncio.Event,
+    n: int,
+    welcomes: list[dict[str, Any]] | None = None,
+) -> list[int]:
     seqs: list[int] = []
-    async with open_client(hub.ws, session_id, "watch") as (ws, _):
+    async with open_client(hub.ws, session_id, "watch") as (ws, welcome):
+        if welcomes is not None:
+            welcomes.append(welcome)
         snapshot = await recv(ws)
         assert snapshot["type"] == "snapshot"
         ready.set()
@@ -65,8 +73,15 @@ async def watch(hub: HubProcess, session_id: str, ready: asyncio.Event, n: int) 
     return seqs
 
 
-async def stream(hub: HubProcess, session_id: str, frames: list[dict[str, Any]]) -> None:
+async def stream(
+    hub: HubProcess,
+    session_id: str,
+    frames: list[dict[str, Any]],
+    welcomes: list[dict[str, Any]] | None = None,
+) -> None:
     async with open_client(hub.ws, session_id, "mirror") as (ws, welcome):
+        if welcomes is not None:
+            welcomes.append(welcome)
         assert welcome["last_seq"] == 0
         # Mixed single frames and batches, as real mirrors send after a reconnect.
         i = 0

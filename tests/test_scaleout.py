@@ -336,28 +336,35 @@ async def test_workers_share_sessions_through_postgres(database_url: str, tmp_pa
     try:
         sessions = [await create_session(hub.http) for _ in range(4)]
         scripts = {s: session_script([str(uuid.uuid4()) for _ in TASKS]) for s in sessions}
-        nodes: set[str] = set()
         watchers: list[asyncio.Task[list[int]]] = []
+        watcher_nodes: dict[str, list[str]] = {}
         for session_id in sessions:
             readies = [asyncio.Event() for _ in range(3)]
+            welcomes: list[dict[str, Any]] = []
             watchers += [
-                asyncio.create_task(watch(hub, session_id, ready, FRAMES)) for ready in readies
+                asyncio.create_task(watch(hub, session_id, ready, FRAMES, welcomes))
+                for ready in readies
             ]
             async with asyncio.timeout(30):
                 for ready in readies:
                     await ready.wait()
-        # Which workers are serving: the welcome names the node.
-        for _ in range(12):
-            async with open_client(hub.ws, sessions[0], "watch") as (_ws, welcome):
-                nodes.add(welcome["node"])
-        assert len(nodes) >= 2, "all connections landed on one worker"
-        await asyncio.gather(*(stream(hub, s, scripts[s]) for s in sessions))
+            watcher_nodes[session_id] = [w["node"] for w in welcomes]
+        mirror_welcomes: dict[str, list[dict[str, Any]]] = {s: [] for s in sessions}
+        streams = [stream(hub, s, scripts[s], mirror_welcomes[s]) for s in sessions]
+        await asyncio.gather(*streams)
         async with asyncio.timeout(60):
             results = await asyncio.gather(*watchers)
         for seqs in results:
             assert seqs == list(range(1, FRAMES + 1))
         for session_id in sessions:
             assert await stored_seqs(database_url, session_id) == list(range(1, FRAMES + 1))
+        # The welcome names the worker: connections were spread, and some watchers got every
+        # frame of a mirror on another worker (through the backplane).
+        mirror_nodes = {s: mirror_welcomes[s][0]["node"] for s in sessions}
+        all_nodes = set(mirror_nodes.values()) | {n for ns in watcher_nodes.values() for n in ns}
+        assert len(all_nodes) >= 2, "all connections landed on one worker"
+        across = sum(n != mirror_nodes[s] for s, ns in watcher_nodes.items() for n in ns)
+        assert across >= 1, "no watcher was on another worker than its mirror"
     finally:
         code = await hub.stop()
     assert code == 0, hub.logs()
