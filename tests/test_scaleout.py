@@ -334,6 +334,12 @@ async def test_workers_share_sessions_through_postgres(database_url: str, tmp_pa
     )
     await hub.start()
     try:
+        # `start` returns once one worker answers; until the others do, it takes every
+        # connection. Wait until all four have answered (/health names the node).
+        ready_workers: set[str] = set()
+        async with asyncio.timeout(30):
+            while len(ready_workers) < 4:
+                ready_workers.add((await health(hub.http))["live"]["node"])
         sessions = [await create_session(hub.http) for _ in range(4)]
         scripts = {s: session_script([str(uuid.uuid4()) for _ in TASKS]) for s in sessions}
         watchers: list[asyncio.Task[list[int]]] = []
