@@ -15,7 +15,10 @@ import pytest
 from hub.frames import MetricsFrame, encode
 from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.cluster import Cluster, PresenceNote, channel_of, session_of
+from hub.live.hub import LiveHub
 from hub.live.rooms import RemotePresence, Room, Watcher
+from hub.live.session import LiveSession
+from hub.settings import Settings
 
 
 def frame_text(seq: int) -> str:
@@ -205,3 +208,38 @@ async def test_unsubscribe_except_keeps_only_what_is_held(
     async with asyncio.timeout(5):
         assert await heard_b.got.get() == ("x", kept)
     assert heard_b.got.empty()
+
+
+class Unplugged(MemoryBackplane):
+    """An in-process backplane whose link can be marked down, as a networked one's is."""
+
+    connected = True
+
+
+def live_hub_with_remote_mirror(backplane: MemoryBackplane) -> tuple[LiveHub, Room]:
+    """A LiveHub (not started: no database needed) holding one session whose mirror another
+    node reported a long time ago."""
+    hub = LiveHub(Settings(backplane_heartbeat_ms=1000), "postgresql://unused/none", backplane)
+    room, _ = make_room()
+    live = LiveSession(uuid.uuid4(), 0, False, room)
+    hub.sessions[live.id] = live
+    room.remote["other"] = RemotePresence(watchers=1, mirror_since=5.0, heard_at=0.0)
+    return hub, room
+
+
+async def test_silent_nodes_drop_out_of_presence() -> None:
+    hub, room = live_hub_with_remote_mirror(Unplugged())
+    await hub._heartbeat()
+    assert room.remote == {} and room.presence().mirror == "disconnected"
+
+
+async def test_presence_is_kept_while_the_own_link_is_down_and_refreshed_on_reset() -> None:
+    backplane = Unplugged()
+    backplane.connected = False
+    hub, room = live_hub_with_remote_mirror(backplane)
+    await hub._heartbeat()  # our link is down: the other node's silence proves nothing
+    assert room.presence().mirror == "connected"
+    backplane.connected = True
+    hub.on_backplane_reset()  # back: the other node gets a full expiry period to speak up
+    await hub._heartbeat()
+    assert room.presence().mirror == "connected"

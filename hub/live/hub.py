@@ -361,7 +361,11 @@ class LiveHub:
         )
 
     async def _heartbeat(self) -> None:
-        expired_before = time.monotonic() - self.cluster.expiry_s
+        # While our own link is down, silence proves nothing about the other nodes: keep the
+        # last presence we heard rather than flip a live mirror to "disconnected".
+        expired_before = (
+            time.monotonic() - self.cluster.expiry_s if self.cluster.backplane.connected else 0
+        )
         for live in list(self.sessions.values()):
             room = live.room
             gone = [node for node, r in room.remote.items() if r.heard_at < expired_before]
@@ -434,8 +438,12 @@ class LiveHub:
 
     def on_backplane_reset(self) -> None:
         # Frames lost meanwhile show up as gaps (next frame or the owner's heartbeat) and are
-        # read from storage; presence is re-announced now rather than at the next heartbeat.
+        # read from storage; presence is re-announced now rather than at the next heartbeat,
+        # and the other nodes get a full expiry period from now to be heard again.
+        heard_at = time.monotonic()
         for live in list(self.sessions.values()):
+            for remote in live.room.remote.values():
+                remote.heard_at = heard_at
             if live.room.watchers or live.mirror is not None:
                 self._announce(live)
 

@@ -42,6 +42,11 @@ class Backplane(Protocol):
     history), and any order between different channels or different publishers.
     """
 
+    @property
+    def connected(self) -> bool:
+        """False while the receiving side is known to be down, from a lost connection to its
+        reconnection: what other nodes say meanwhile cannot arrive."""
+
     max_message_bytes: int
     """The largest single message (UTF-8 bytes) the transport carries; larger ones are not
     published (the hub sends a marker instead and the frame is read from storage)."""

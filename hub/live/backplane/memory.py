@@ -20,6 +20,7 @@ class MemoryBroker:
 
 class MemoryBackplane:
     max_message_bytes = 1 << 30
+    connected = True  # nothing in between to lose
 
     def __init__(self, broker: MemoryBroker | None = None) -> None:
         self.broker = broker or MemoryBroker()

@@ -99,6 +99,10 @@ class PostgresBackplane:
 
     # The Backplane protocol -------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        return self._listener is not None and not self._lost.is_set()
+
     async def start(self, on_message: OnMessage, on_reset: OnReset) -> None:
         self._on_message = on_message
         self._on_reset = on_reset

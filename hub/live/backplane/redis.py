@@ -85,6 +85,10 @@ class RedisBackplane:
 
     # The Backplane protocol -------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
     async def start(self, on_message: OnMessage, on_reset: OnReset) -> None:
         self._on_message = on_message
         self._on_reset = on_reset
