@@ -138,8 +138,8 @@ async def two_nodes() -> AsyncIterator[tuple[Cluster, Cluster, Recorder, Recorde
     a = Cluster(MemoryBackplane(broker), heartbeat_s=60)
     b = Cluster(MemoryBackplane(broker), heartbeat_s=60)
     heard_a, heard_b = Recorder(), Recorder()
-    await a.start(heard_a, noop)
-    await b.start(heard_b, noop)
+    await a.start(heard_a, lambda: None, noop)
+    await b.start(heard_b, lambda: None, noop)
     yield a, b, heard_a, heard_b
     await a.stop()
     await b.stop()

@@ -75,8 +75,9 @@ async def _watch(
     live_hub.join(live, watcher)
     last_seq = live.room.seq  # what this node's room has published, from any node
     # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
-    # after the join reaches this watcher through its outbox, like any other message.)
-    ended_at_join = live.ended
+    # after the join, or ended while this node's room still fills a gap, reaches this
+    # watcher through its outbox, like any other message.)
+    ended_at_join = live.ended and live.end_after is None
     greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
     if hello.since is None:
         catch_up_db = None

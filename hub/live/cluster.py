@@ -81,26 +81,38 @@ class Cluster:
         # Subscribing and unsubscribing await the transport: one at a time, so an unsubscribe
         # decided earlier can never land after a newer subscribe of the same channel.
         self._subscriptions = asyncio.Lock()
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
 
-    async def start(self, listener: Listener, beat: Callable[[], Awaitable[None]]) -> None:
+    async def start(
+        self,
+        listener: Listener,
+        beat: Callable[[], None],
+        maintain: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Connect, then every heartbeat: `beat` (announce; never waits) and, in a loop of
+        its own so that a slow database or transport never delays a heartbeat, `maintain`."""
         self._listener = listener
         await self.backplane.start(self._on_message, self._on_reset)
-        self._heartbeat = asyncio.create_task(self._beat(beat), name="hub-heartbeat")
+        self._loops = [
+            asyncio.create_task(self._every_beat(beat), name="hub-heartbeat"),
+            asyncio.create_task(self._every_beat(maintain), name="hub-maintenance"),
+        ]
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         await self.backplane.close()
 
-    async def _beat(self, beat: Callable[[], Awaitable[None]]) -> None:
+    async def _every_beat(self, job: Callable[[], Awaitable[None] | None]) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await beat()
+                result = job()
+                if result is not None:
+                    await result
             except Exception:  # a heartbeat must never stop for good
-                log.exception("heartbeat failed")
+                log.exception("heartbeat job failed")
 
     # Subscriptions -----------------------------------------------------------------------
 
@@ -187,3 +199,5 @@ class Cluster:
         except ValueError as exc:  # another version of the hub, or a foreign publisher
             # Only the kind of error: a message can carry a child's exercise data.
             log.warning("ignored a malformed backplane message (%s)", type(exc).__name__)
+        except Exception:  # the backplane's delivery must go on whatever a handler does
+            log.exception("handling a backplane message failed")

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 import orjson
 from starlette.websockets import WebSocket
 
@@ -44,6 +45,8 @@ log = logging.getLogger("hub.live")
 
 SHUTDOWN_FLUSH_TIMEOUT_S = 20.0
 SHUTDOWN_CLOSE_TIMEOUT_S = 3.0
+# A storage call on the way of a connecting client waits no longer than this.
+STORAGE_TIMEOUT_S = 5.0
 FILL_RETRY_INITIAL_S = 0.02
 FILL_RETRY_MAX_S = 0.5
 PUBLIC_SESSION_FIELDS = (
@@ -84,6 +87,7 @@ class LiveHub:
         # Sessions being or having been erased: never loaded into memory again.
         self.erased: set[uuid.UUID] = set()
         self._shutdown_done: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # fire-and-forget, kept referenced
 
     async def start(self) -> None:
         # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
@@ -96,7 +100,7 @@ class LiveHub:
             self._orphaned,
         )
         self.flusher.start()
-        await self.cluster.start(self, self._heartbeat)
+        await self.cluster.start(self, self._beat, self._maintain)
 
     # Sessions ----------------------------------------------------------------------------
 
@@ -162,6 +166,8 @@ class LiveHub:
         if row["last_metrics"]:
             room.latest.update(orjson.loads(row["last_metrics"]).get("values", {}))
         live = LiveSession(session_id, row["last_seq"], row["ended_at"] is not None, room)
+        if session_id in self.erased:  # erased while it was being read
+            return None
         self.sessions[session_id] = live
         return live
 
@@ -173,16 +179,33 @@ class LiveHub:
     # Mirrors -----------------------------------------------------------------------------
 
     async def attach_mirror(self, live: LiveSession) -> MirrorLink:
+        """Make a new mirror connection the session's writer. Raises SessionUnavailable when
+        that cannot be done safely now (the mirror reconnects and tries again)."""
         assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            if live.room.session.get("mirror_connected_at") is None:
-                live.room.session["mirror_connected_at"] = await store.mark_mirror_connected(
-                    conn, live.id
-                )
-            # The mirror may come from another node, which stored frames this node never
-            # accepted: continue after what storage holds.
-            stored_seq, claimed_at = await store.mirror_claim(conn, live.id)
+        claim: tuple[int, float] | None = None
+        try:
+            async with asyncio.timeout(STORAGE_TIMEOUT_S), self.pool.acquire() as conn:
+                if live.room.session.get("mirror_connected_at") is None:
+                    live.room.session["mirror_connected_at"] = await store.mark_mirror_connected(
+                        conn, live.id
+                    )
+                # The mirror may come from another node, which stored frames this node never
+                # accepted: continue after what storage holds.
+                claim = await store.mirror_claim(conn, live.id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            # Storage is down. If no other node is known to hold this mirror, this node's
+            # memory is the truth, as with one process: the mirror goes on streaming into the
+            # write buffer (invariant 5). Otherwise its frames may be elsewhere: retry later.
+            remote_mirror = any(r.mirror_since for r in live.room.remote.values())
+            if remote_mirror or live.room.session.get("mirror_connected_at") is None:
+                raise SessionUnavailable("storage unavailable") from exc
+        if live.dropped or live.erased or live.ended:
+            raise SessionUnavailable("session changed meanwhile; reconnect")
+        if claim is not None:
+            stored_seq, claimed_at = claim
             live.adopt_stored(stored_seq)
+        else:
+            claimed_at = time.time()  # storage down: only this node's clock to go by
         link = MirrorLink(bound=64)
         live.attach_mirror(link, claimed_at)
         self._announce(live)  # an older connection of this mirror on another node closes
@@ -237,18 +260,28 @@ class LiveHub:
         async with self.pool.acquire() as conn:
             ended_at = await store.mark_ended(conn, live.id)
         self.cluster.ended(live.id, last_seq, ended_at)
-        return self._finish(live, last_seq, ended_at)
+        self._end_after(live, last_seq, ended_at)
+        return encode(Ended(last_seq=last_seq)).decode()
 
-    def _finish(self, live: LiveSession, last_seq: int, ended_at: datetime) -> str:
-        """The session ended after `last_seq`, which this node's room has published."""
-        live.room.session["ended_at"] = ended_at
+    def _end_after(self, live: LiveSession, last_seq: int, ended_at: datetime) -> None:
+        """The session ended after `last_seq`. No mirror may write any more; this node's
+        watchers get `ended` once its room has published every frame up to `last_seq`
+        (at once, unless the room is still filling a gap)."""
         live.ended = True
+        live.room.session["ended_at"] = ended_at
+        live.room.wanted = max(live.room.wanted, last_seq)
+        if live.room.seq >= last_seq:
+            self._finish(live, last_seq)
+        else:
+            live.end_after = last_seq
+            self._fill_soon(live)
+
+    def _finish(self, live: LiveSession, last_seq: int) -> None:
         live.end_after = None
         text = encode(Ended(last_seq=last_seq)).decode()
         for watcher in live.room.watchers:
             watcher.outbox.push(text)
             watcher.outbox.close(closecodes.NORMAL, "session ended", flush=True)
-        return text
 
     def _committed(self, batch: Sequence[PendingFrame]) -> None:
         newest: dict[uuid.UUID, int] = {}
@@ -283,6 +316,9 @@ class LiveHub:
     # Watchers ----------------------------------------------------------------------------
 
     def join(self, live: LiveSession, watcher: Watcher) -> None:
+        if live.dropped:  # this room is fed no more: resume on the one now in memory
+            watcher.outbox.close(closecodes.RESYNC)
+            return
         # The others hear of the newcomer; the newcomer reads presence in its snapshot.
         live.room.broadcast_presence(joining=1)
         live.room.watchers.add(watcher)
@@ -299,11 +335,18 @@ class LiveHub:
         self, live: LiveSession, seq: int, text: str | None, frame: Frame | None = None
     ) -> None:
         room = live.room
-        room.offer(seq, text, frame)
+        try:
+            room.offer(seq, text, frame)
+        except (ProtocolError, msgspec.DecodeError) as exc:
+            # A frame this node cannot read (a newer hub's, say): no gap may pass silently.
+            reason = exc.code if isinstance(exc, ProtocolError) else type(exc).__name__
+            log.warning("session=%s: frame %d unreadable here (%s)", live.id, seq, reason)
+            self._lost_track(live)
+            return
         if room.behind:
             self._fill_soon(live)
-        elif live.end_after is not None and room.seq >= live.end_after[0]:
-            self._finish(live, *live.end_after)
+        elif live.end_after is not None and room.seq >= live.end_after:
+            self._finish(live, live.end_after)
 
     def _fill_soon(self, live: LiveSession) -> None:
         if live.filling is None or live.filling.done():
@@ -348,10 +391,15 @@ class LiveHub:
         for watcher in live.room.watchers:
             watcher.outbox.close(closecodes.RESYNC)
         if live.mirror is None and self.sessions.get(live.id) is live:
-            del self.sessions[live.id]  # the next connection loads it afresh from storage
+            # The next connection loads it afresh from storage; connections that hold this
+            # one already are turned away when they join or attach (`dropped`).
+            del self.sessions[live.id]
+            live.dropped = True
 
     def _announce(self, live: LiveSession) -> None:
         """Tell the other nodes this node's share of the session's presence."""
+        if live.dropped:  # its successor in memory speaks for this node
+            return
         self.cluster.presence(
             live.id,
             live.last_accepted,
@@ -360,7 +408,8 @@ class LiveHub:
             live.mirror_since,
         )
 
-    async def _heartbeat(self) -> None:
+    def _beat(self) -> None:
+        """Every heartbeat: forget nodes gone silent, and tell the others we are here."""
         # While our own link is down, silence proves nothing about the other nodes: keep the
         # last presence we heard rather than flip a live mirror to "disconnected".
         expired_before = (
@@ -376,9 +425,48 @@ class LiveHub:
                 room.broadcast_presence()
             if room.watchers or live.mirror is not None:
                 self._announce(live)
+
+    async def _maintain(self) -> None:
+        """Every heartbeat, off the announcing path: check storage for what no node may be
+        left to say, and leave the channels of sessions no longer held."""
+        # Watched here, written nowhere that this node hears of: the end of a stream (last
+        # frames, `ended`) lost on the backplane would otherwise never arrive.
+        unowned = [
+            live
+            for live in self.sessions.values()
+            if live.room.watchers
+            and live.mirror is None
+            and not live.ended
+            and not any(r.mirror_since for r in live.room.remote.values())
+        ]
+        if unowned and self.flusher is not None and not self.flusher.failures:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cluster.heartbeat_s):
+                    for live in unowned:
+                        await self._sync_from_storage(live)
         await self.cluster.unsubscribe_except(
             lambda session_id: session_id in self.sessions or session_id in self._loading
         )
+
+    async def _heartbeat(self) -> None:
+        """One heartbeat's work, in order (tests call it; the cluster runs both parts)."""
+        self._beat()
+        await self._maintain()
+
+    async def _sync_from_storage(self, live: LiveSession) -> None:
+        assert self.pool is not None
+        try:
+            async with self.pool.acquire() as conn:
+                stored_seq, ended_at = await store.stored_tail(conn, live.id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return  # storage is down: nothing new can have been stored either
+        if self.sessions.get(live.id) is not live:
+            return
+        if ended_at is not None and not live.ended:
+            self._end_after(live, stored_seq, ended_at)
+        elif stored_seq > live.room.wanted:
+            live.room.wanted = stored_seq
+            self._fill_soon(live)
 
     def on_remote_frame(self, session_id: uuid.UUID, seq: int, text: str | None) -> None:
         live = self.sessions.get(session_id)
@@ -397,12 +485,13 @@ class LiveHub:
             room.remote[note.node] = RemotePresence(
                 note.watchers, note.mirror_since, time.monotonic()
             )
+        # Frames that node accepted and that never arrived here (any note: the goodbye of a
+        # mirror's node too).
+        if note.last_seq > room.wanted:
+            room.wanted = note.last_seq
+            self._fill_soon(live)
         if note.mirror_since:
-            # The owner's seqs: frames it sent that never arrived here, and what storage holds.
-            if note.last_seq > room.wanted:
-                room.wanted = note.last_seq
-                self._fill_soon(live)
-            room.trim(min(note.stored_seq, room.seq))
+            room.trim(min(note.stored_seq, room.seq))  # the owner's word on what is stored
             # The mirror connected there after it connected here: ours is a stale connection.
             if live.mirror is not None and (note.mirror_since, note.node) > (
                 live.mirror_since,
@@ -422,14 +511,9 @@ class LiveHub:
 
     def on_remote_ended(self, session_id: uuid.UUID, last_seq: int, ended_at: datetime) -> None:
         live = self.sessions.get(session_id)
-        if live is None or live.ended:
-            return
-        live.end_after = (last_seq, ended_at)
-        live.room.wanted = max(live.room.wanted, last_seq)
-        if live.room.seq >= last_seq:
-            self._finish(live, last_seq, ended_at)
-        else:
-            self._fill_soon(live)
+        # Not in memory (or still loading): storage says it ended, or `_maintain` finds out.
+        if live is not None and not live.ended:
+            self._end_after(live, last_seq, ended_at)
 
     def on_remote_erased(self, session_id: uuid.UUID) -> None:
         # Not remembered as erased here: if the deletion failed, the session stays usable.
@@ -446,6 +530,11 @@ class LiveHub:
                 remote.heard_at = heard_at
             if live.room.watchers or live.mirror is not None:
                 self._announce(live)
+            if live.room.watchers and live.mirror is None and not live.ended:
+                # What was lost may have been a stream's last words: ask storage now.
+                task = asyncio.create_task(self._sync_from_storage(live))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000

@@ -20,6 +20,7 @@ from hub.frames import (
     Frame,
     MetricsFrame,
     Presence,
+    ProtocolError,
     Snapshot,
     TaskFrame,
     decode_client_message,
@@ -141,12 +142,15 @@ class Room:
         return self.seq < self.wanted
 
     def _publish(self, seq: int, text: str, frame: Frame | None) -> None:
+        if frame is None:  # from another node or from storage: decoded only here
+            # Before any state changes: a frame this node cannot read (ProtocolError, say
+            # from a newer hub) must leave the room where it was, not skip a seq.
+            decoded = decode_client_message(text)
+            if not isinstance(decoded, (MetricsFrame, TaskFrame)):
+                raise ProtocolError("not_a_frame", f"seq {seq} is not a frame")
+            frame = decoded
         self.seq = seq
         self.log.append((seq, text))
-        if frame is None:  # from another node or from storage: decoded only here
-            decoded = decode_client_message(text)
-            assert isinstance(decoded, (MetricsFrame, TaskFrame))
-            frame = decoded
         if isinstance(frame, MetricsFrame):
             self.latest.update(frame.values)
         else:

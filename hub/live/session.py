@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
 
 from hub import closecodes
 from hub.frames import ProtocolError
@@ -38,8 +37,12 @@ class LiveSession:
         self.pins = 0  # connections using this session; see LiveHub.use
         self.erased = False  # deleted by an admin: its clients are closed with 4004
         self.mirror_since = 0.0  # when the local mirror connected (database clock); 0: none
-        # Ended on another node after this seq: ends here once the room has caught up.
-        self.end_after: tuple[int, datetime] | None = None
+        # Ended after this seq, which the room has not published yet: its watchers get
+        # `ended` once it has (see LiveHub._end_after).
+        self.end_after: int | None = None
+        # Taken out of memory while connections may still hold it (LiveHub._lost_track):
+        # nobody may join or attach to it any more.
+        self.dropped = False
         # A task filling this node's gap in the session's frames from storage.
         self.filling: asyncio.Task[None] | None = None
         self._stored_changed = asyncio.Event()

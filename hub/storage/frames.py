@@ -128,6 +128,19 @@ async def mirror_claim(conn: asyncpg.Connection, session_id: uuid.UUID) -> tuple
     return row["seq"], row["at"]
 
 
+async def stored_tail(
+    conn: asyncpg.Connection, session_id: uuid.UUID
+) -> tuple[int, datetime | None]:
+    """The highest stored seq of a session and when it ended (None: not ended)."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT coalesce(max(seq), 0) FROM frames WHERE session_id = $1) AS seq,"
+        " (SELECT ended_at FROM sessions WHERE id = $1) AS ended_at",
+        session_id,
+    )
+    assert row is not None
+    return row["seq"], row["ended_at"]
+
+
 async def load_session_state(
     conn: asyncpg.Connection, session_id: uuid.UUID
 ) -> dict[str, Any] | None:
