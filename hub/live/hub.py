@@ -439,7 +439,9 @@ class LiveHub:
             and not live.ended
             and not any(r.mirror_since for r in live.room.remote.values())
         ]
-        if unowned and self.flusher is not None and not self.flusher.failures:
+        # Only where other nodes exist (one heard at least once): alone, nothing is lost.
+        others = self.cluster.messages_in > 0
+        if unowned and others and self.flusher is not None and not self.flusher.failures:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cluster.heartbeat_s):
                     for live in unowned:

@@ -128,6 +128,10 @@ class RedisBackplane:
     async def unsubscribe(self, channel: str) -> None:
         # Effective at once: _deliver drops what arrives for a channel not in _channels.
         self._channels.discard(channel)
+        # A SUBSCRIBE still unconfirmed is forgotten, so that a later subscribe sends its own.
+        pending = self._confirmations.pop(channel, None)
+        if pending is not None and not pending.done():
+            pending.set_result(None)
         conn = self._conn
         if conn is None or channel not in self._subscribed:
             return
