@@ -22,6 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hub import closecodes
 from hub.auth import Role, TokenService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,3 +324,28 @@ async def closed_with(ws: ClientConnection, timeout: float = 10.0) -> tuple[int,
         except ConnectionClosed as exc:
             assert exc.rcvd is not None, f"no close frame from the hub; got {messages}"
             return exc.rcvd.code, messages
+
+
+async def follow(url: str, session_id: str, want: int, seen: list[int], closes: list[int]) -> None:
+    """A watcher that resumes with `since` after every close, until it has `want` frames.
+    Within one connection every frame must follow the previous one: a gap is a failure."""
+    while len(seen) < want:
+        try:
+            async with connect(f"{url}/ws/sessions/{session_id}/watch") as ws:
+                since = seen[-1] if seen else 0
+                await send(ws, {"type": "hello", "token": token("therapist"), "since": since})
+                async for raw in ws:
+                    message = orjson.loads(raw)
+                    if message["type"] in ("metrics", "task"):
+                        expected = seen[-1] + 1 if seen else 1
+                        assert message["seq"] == expected, f"silent gap: {expected} → {message}"
+                        seen.append(message["seq"])
+                        if len(seen) >= want:
+                            return
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else 1006
+            closes.append(code)
+            assert closecodes.should_reconnect(code), f"closed for good: {code}"
+        except OSError:
+            closes.append(1006)
+        await asyncio.sleep(0.05)  # reconnect backoff of a real client

@@ -9,11 +9,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-import orjson
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from tests.live_support import ROOT, HubProcess, create_session, send, token
+from tests.live_support import ROOT, HubProcess, create_session, follow, token
 
 sys.path.insert(0, str(ROOT / "client_examples"))
 from mirror_client import MirrorClient
@@ -22,33 +19,14 @@ FRAMES = 1200
 KILL_AFTER_ACKED = 300
 
 
-async def follow(hub: HubProcess, session_id: str, seen: list[int], done: asyncio.Event) -> None:
-    """A watcher that resumes with `since` after every drop, until it has FRAMES frames."""
-    while len(seen) < FRAMES:
-        try:
-            async with connect(f"{hub.ws}/ws/sessions/{session_id}/watch") as ws:
-                # since=0 at first: every frame from the start, whenever this task gets to run.
-                since = seen[-1] if seen else 0
-                await send(ws, {"type": "hello", "token": token("therapist"), "since": since})
-                async for raw in ws:
-                    message = orjson.loads(raw)
-                    if message["type"] in ("metrics", "task"):
-                        seen.append(message["seq"])
-                        if len(seen) >= FRAMES:
-                            break
-        except (ConnectionClosed, OSError):
-            await asyncio.sleep(0.05)  # the hub is down; retry until it is back (bounded by test)
-    done.set()
-
-
 async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     start_hub: Callable[..., Awaitable[HubProcess]], database_url: str
 ) -> None:
     hub = await start_hub()
     session_id = await create_session(hub.http)
     seen: list[int] = []
-    watched = asyncio.Event()
-    watcher = asyncio.create_task(follow(hub, session_id, seen, watched))
+    closes: list[int] = []
+    watcher = asyncio.create_task(follow(hub.ws, session_id, FRAMES, seen, closes))
 
     client = MirrorClient(hub.http, session_id, token=token("mirror", session_id))
     await client.start()
@@ -65,7 +43,7 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
     await client.wait_acked(FRAMES, timeout=60)
     assert client.reconnects >= 1
     await client.close()
-    await asyncio.wait_for(watched.wait(), 60)
+    await asyncio.wait_for(asyncio.shield(watcher), 60)
     await watcher
 
     assert seen == list(range(1, FRAMES + 1)), "watcher saw a gap or a duplicate"

@@ -14,8 +14,6 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from hub import closecodes
 from tests.live_support import (
@@ -25,6 +23,7 @@ from tests.live_support import (
     RedisServer,
     closed_with,
     create_session,
+    follow,
     metrics_frame,
     open_client,
     recv,
@@ -150,31 +149,6 @@ async def test_presence_counts_watchers_on_every_node(start_hub: StartHub, backp
         async with open_client(node_a.ws, session_id, "watch"):
             await wait_presence(on_b, lambda p: p["watchers"] == 3, timeout=10)
         await wait_presence(on_b, lambda p: p["watchers"] == 2, timeout=10)
-
-
-async def follow(url: str, session_id: str, want: int, seen: list[int], closes: list[int]) -> None:
-    """A watcher that resumes with `since` after every close, until it has `want` frames.
-    Within one connection every frame must follow the previous one: a gap is a failure."""
-    while len(seen) < want:
-        try:
-            async with connect(f"{url}/ws/sessions/{session_id}/watch") as ws:
-                since = seen[-1] if seen else 0
-                await send(ws, {"type": "hello", "token": token("therapist"), "since": since})
-                async for raw in ws:
-                    message = orjson.loads(raw)
-                    if message["type"] in ("metrics", "task"):
-                        expected = seen[-1] + 1 if seen else 1
-                        assert message["seq"] == expected, f"silent gap: {expected} → {message}"
-                        seen.append(message["seq"])
-                        if len(seen) >= want:
-                            return
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            closes.append(code)
-            assert closecodes.should_reconnect(code), f"closed for good: {code}"
-        except OSError:
-            closes.append(1006)
-        await asyncio.sleep(0.05)  # reconnect backoff of a real client
 
 
 async def send_frames(client: MirrorClient, count: int) -> None:
