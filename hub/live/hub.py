@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
-import msgspec
 import orjson
 from starlette.websockets import WebSocket
 
@@ -88,6 +87,9 @@ class LiveHub:
         self.erased: set[uuid.UUID] = set()
         self._shutdown_done: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()  # fire-and-forget, kept referenced
+        self._db_clock_offset = 0.0  # the database's clock minus ours, as last measured
+        # Erased on another node while this one was loading it: not put into memory.
+        self._erased_while_loading: set[uuid.UUID] = set()
 
     async def start(self) -> None:
         # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
@@ -166,8 +168,9 @@ class LiveHub:
         if row["last_metrics"]:
             room.latest.update(orjson.loads(row["last_metrics"]).get("values", {}))
         live = LiveSession(session_id, row["last_seq"], row["ended_at"] is not None, room)
-        if session_id in self.erased:  # erased while it was being read
-            return None
+        if session_id in self.erased or session_id in self._erased_while_loading:
+            self._erased_while_loading.discard(session_id)
+            return None  # erased while it was being read
         self.sessions[session_id] = live
         return live
 
@@ -197,15 +200,21 @@ class LiveHub:
             # memory is the truth, as with one process: the mirror goes on streaming into the
             # write buffer (invariant 5). Otherwise its frames may be elsewhere: retry later.
             remote_mirror = any(r.mirror_since for r in live.room.remote.values())
-            if remote_mirror or live.room.session.get("mirror_connected_at") is None:
+            heard_of_more = live.room.wanted > live.last_accepted  # accepted on another node
+            if (
+                remote_mirror
+                or heard_of_more
+                or live.room.session.get("mirror_connected_at") is None
+            ):
                 raise SessionUnavailable("storage unavailable") from exc
         if live.dropped or live.erased or live.ended:
             raise SessionUnavailable("session changed meanwhile; reconnect")
         if claim is not None:
             stored_seq, claimed_at = claim
             live.adopt_stored(stored_seq)
-        else:
-            claimed_at = time.time()  # storage down: only this node's clock to go by
+            self._db_clock_offset = claimed_at - time.time()
+        else:  # storage down: the database's clock as this node last saw it
+            claimed_at = time.time() + self._db_clock_offset
         link = MirrorLink(bound=64)
         live.attach_mirror(link, claimed_at)
         self._announce(live)  # an older connection of this mirror on another node closes
@@ -268,16 +277,18 @@ class LiveHub:
         watchers get `ended` once its room has published every frame up to `last_seq`
         (at once, unless the room is still filling a gap)."""
         live.ended = True
-        live.room.session["ended_at"] = ended_at
         live.room.wanted = max(live.room.wanted, last_seq)
+        live.end_after = (last_seq, ended_at)
         if live.room.seq >= last_seq:
-            self._finish(live, last_seq)
+            self._finish(live)
         else:
-            live.end_after = last_seq
             self._fill_soon(live)
 
-    def _finish(self, live: LiveSession, last_seq: int) -> None:
+    def _finish(self, live: LiveSession) -> None:
+        assert live.end_after is not None
+        last_seq, ended_at = live.end_after
         live.end_after = None
+        live.room.session["ended_at"] = ended_at
         text = encode(Ended(last_seq=last_seq)).decode()
         for watcher in live.room.watchers:
             watcher.outbox.push(text)
@@ -335,20 +346,15 @@ class LiveHub:
         self, live: LiveSession, seq: int, text: str | None, frame: Frame | None = None
     ) -> None:
         room = live.room
-        try:
-            room.offer(seq, text, frame)
-        except (ProtocolError, msgspec.DecodeError) as exc:
-            # A frame this node cannot read (a newer hub's, say): no gap may pass silently.
-            reason = exc.code if isinstance(exc, ProtocolError) else type(exc).__name__
-            log.warning("session=%s: frame %d unreadable here (%s)", live.id, seq, reason)
-            self._lost_track(live)
-            return
+        room.offer(seq, text, frame)
         if room.behind:
             self._fill_soon(live)
-        elif live.end_after is not None and room.seq >= live.end_after:
-            self._finish(live, live.end_after)
+        elif live.end_after is not None and room.seq >= live.end_after[0]:
+            self._finish(live)
 
     def _fill_soon(self, live: LiveSession) -> None:
+        if self._shutdown_done is not None:
+            return  # shutting down: the watchers are being closed with 1012 anyway
         if live.filling is None or live.filling.done():
             live.filling = asyncio.create_task(self._fill(live), name="hub-gap-fill")
 
@@ -441,11 +447,8 @@ class LiveHub:
         ]
         # Only where other nodes exist (one heard at least once): alone, nothing is lost.
         others = self.cluster.messages_in > 0
-        if unowned and others and self.flusher is not None and not self.flusher.failures:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cluster.heartbeat_s):
-                    for live in unowned:
-                        await self._sync_from_storage(live)
+        if unowned and others:
+            await self._sync_from_storage(unowned)
         await self.cluster.unsubscribe_except(
             lambda session_id: session_id in self.sessions or session_id in self._loading
         )
@@ -455,20 +458,23 @@ class LiveHub:
         self._beat()
         await self._maintain()
 
-    async def _sync_from_storage(self, live: LiveSession) -> None:
+    async def _sync_from_storage(self, lives: list[LiveSession]) -> None:
+        """Learn from storage (one query) the frames and ends these sessions' rooms missed."""
         assert self.pool is not None
         try:
-            async with self.pool.acquire() as conn:
-                stored_seq, ended_at = await store.stored_tail(conn, live.id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return  # storage is down: nothing new can have been stored either
-        if self.sessions.get(live.id) is not live:
-            return
-        if ended_at is not None and not live.ended:
-            self._end_after(live, stored_seq, ended_at)
-        elif stored_seq > live.room.wanted:
-            live.room.wanted = stored_seq
-            self._fill_soon(live)
+            async with asyncio.timeout(self.cluster.heartbeat_s), self.pool.acquire() as conn:
+                tails = await store.stored_tails(conn, [live.id for live in lives])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return  # storage is down or slow: the next heartbeat asks again
+        for live in lives:
+            stored_seq, ended_at = tails.get(live.id, (0, None))
+            if self.sessions.get(live.id) is not live:
+                continue
+            if ended_at is not None and not live.ended:
+                self._ended_elsewhere(live, stored_seq, ended_at)
+            elif stored_seq > live.room.wanted:
+                live.room.wanted = stored_seq
+                self._fill_soon(live)
 
     def on_remote_frame(self, session_id: uuid.UUID, seq: int, text: str | None) -> None:
         live = self.sessions.get(session_id)
@@ -515,28 +521,38 @@ class LiveHub:
         live = self.sessions.get(session_id)
         # Not in memory (or still loading): storage says it ended, or `_maintain` finds out.
         if live is not None and not live.ended:
-            self._end_after(live, last_seq, ended_at)
+            self._ended_elsewhere(live, last_seq, ended_at)
+
+    def _ended_elsewhere(self, live: LiveSession, last_seq: int, ended_at: datetime) -> None:
+        # A connection of the mirror here is a stale one: the session's end was written.
+        if live.mirror is not None:
+            live.mirror.outbox.close(closecodes.SESSION_ENDED)
+        self._end_after(live, last_seq, ended_at)
 
     def on_remote_erased(self, session_id: uuid.UUID) -> None:
         # Not remembered as erased here: if the deletion failed, the session stays usable.
         self.erase(session_id, announce=False)
         self.erased.discard(session_id)
+        if session_id in self._loading:
+            self._erased_while_loading.add(session_id)
 
     def on_backplane_reset(self) -> None:
         # Frames lost meanwhile show up as gaps (next frame or the owner's heartbeat) and are
         # read from storage; presence is re-announced now rather than at the next heartbeat,
         # and the other nodes get a full expiry period from now to be heard again.
         heard_at = time.monotonic()
+        watched = []
         for live in list(self.sessions.values()):
             for remote in live.room.remote.values():
                 remote.heard_at = heard_at
             if live.room.watchers or live.mirror is not None:
                 self._announce(live)
             if live.room.watchers and live.mirror is None and not live.ended:
-                # What was lost may have been a stream's last words: ask storage now.
-                task = asyncio.create_task(self._sync_from_storage(live))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                watched.append(live)
+        if watched:  # what was lost may have been a stream's last words: ask storage now
+            task = asyncio.create_task(self._sync_from_storage(watched))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
@@ -603,10 +619,13 @@ class LiveHub:
                 await asyncio.wait(list(self.connections), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
             for live in list(self.sessions.values()):  # the other nodes need not wait for expiry
                 self.cluster.presence(live.id, live.last_accepted, live.stored_seq, 0, 0.0)
-            for live in self.sessions.values():
-                if live.filling is not None:
-                    live.filling.cancel()
             await self.cluster.stop()
+            # After the backplane stopped delivering: nothing can start new ones now.
+            leftovers = [live.filling for live in self.sessions.values() if live.filling]
+            leftovers += self._background
+            for task in leftovers:
+                task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
             if self.pool is not None:
                 await self.pool.close()
         finally:

@@ -15,6 +15,8 @@ import dataclasses
 from collections import deque
 from typing import Any
 
+import msgspec
+
 from hub import closecodes
 from hub.frames import (
     Frame,
@@ -143,17 +145,20 @@ class Room:
 
     def _publish(self, seq: int, text: str, frame: Frame | None) -> None:
         if frame is None:  # from another node or from storage: decoded only here
-            # Before any state changes: a frame this node cannot read (ProtocolError, say
-            # from a newer hub) must leave the room where it was, not skip a seq.
-            decoded = decode_client_message(text)
-            if not isinstance(decoded, (MetricsFrame, TaskFrame)):
-                raise ProtocolError("not_a_frame", f"seq {seq} is not a frame")
-            frame = decoded
+            try:
+                decoded = decode_client_message(text)
+            except (ProtocolError, msgspec.DecodeError):
+                # A frame this hub cannot read (a newer hub's, during a rolling upgrade): the
+                # watchers still get it as it is, as a resume from storage would give it;
+                # only the snapshot's state misses what it says.
+                decoded = None
+            if isinstance(decoded, (MetricsFrame, TaskFrame)):
+                frame = decoded
         self.seq = seq
         self.log.append((seq, text))
         if isinstance(frame, MetricsFrame):
             self.latest.update(frame.values)
-        else:
+        elif isinstance(frame, TaskFrame):
             self._apply_task(frame)
         for watcher in self.watchers:
             watcher.offer(seq, text)

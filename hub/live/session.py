@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 from hub import closecodes
 from hub.frames import ProtocolError
@@ -37,9 +38,9 @@ class LiveSession:
         self.pins = 0  # connections using this session; see LiveHub.use
         self.erased = False  # deleted by an admin: its clients are closed with 4004
         self.mirror_since = 0.0  # when the local mirror connected (database clock); 0: none
-        # Ended after this seq, which the room has not published yet: its watchers get
-        # `ended` once it has (see LiveHub._end_after).
-        self.end_after: int | None = None
+        # Ended (at that time) after this seq, which the room has not published yet: its
+        # watchers get `ended` once it has (see LiveHub._end_after).
+        self.end_after: tuple[int, datetime] | None = None
         # Taken out of memory while connections may still hold it (LiveHub._lost_track):
         # nobody may join or attach to it any more.
         self.dropped = False

@@ -128,17 +128,17 @@ async def mirror_claim(conn: asyncpg.Connection, session_id: uuid.UUID) -> tuple
     return row["seq"], row["at"]
 
 
-async def stored_tail(
-    conn: asyncpg.Connection, session_id: uuid.UUID
-) -> tuple[int, datetime | None]:
-    """The highest stored seq of a session and when it ended (None: not ended)."""
-    row = await conn.fetchrow(
-        "SELECT (SELECT coalesce(max(seq), 0) FROM frames WHERE session_id = $1) AS seq,"
-        " (SELECT ended_at FROM sessions WHERE id = $1) AS ended_at",
-        session_id,
+async def stored_tails(
+    conn: asyncpg.Connection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, datetime | None]]:
+    """For each session: its highest stored seq and when it ended (None: not ended)."""
+    rows = await conn.fetch(
+        "SELECT s.id, s.ended_at,"
+        " (SELECT coalesce(max(seq), 0) FROM frames WHERE session_id = s.id) AS seq"
+        " FROM sessions s WHERE s.id = ANY($1::uuid[])",
+        list(ids),
     )
-    assert row is not None
-    return row["seq"], row["ended_at"]
+    return {r["id"]: (r["seq"], r["ended_at"]) for r in rows}
 
 
 async def load_session_state(
