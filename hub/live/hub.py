@@ -401,6 +401,8 @@ class LiveHub:
             # one already are turned away when they join or attach (`dropped`).
             del self.sessions[live.id]
             live.dropped = True
+            # Its watchers are leaving: the other nodes need not wait for an expiry.
+            self.cluster.presence(live.id, live.last_accepted, live.stored_seq, 0, 0.0)
 
     def _announce(self, live: LiveSession) -> None:
         """Tell the other nodes this node's share of the session's presence."""
