@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,59 +133,82 @@ class HubProcess:
         self.proc.wait(10)
 
 
-class Balancer:
-    """A TCP load balancer on a free port, as clinics put in front of several hubs: each new
-    connection goes to the first backend that accepts it, in order (no sticky sessions)."""
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-    def __init__(self, backends: list[int]) -> None:
-        self.backends = backends
-        self.port = free_port()
+
+class Proxy:
+    """A TCP proxy in front of a service, to take the service away: `stop()` closes every
+    link and refuses new ones (the service is down); `freeze()` lets the links stand but
+    passes nothing on (a half-open connection, which only a health check can find)."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Streams]]) -> None:
+        self.connect = connect
+        self.port = 0
         self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        self._links: dict[asyncio.StreamWriter, bool] = {}  # client side -> frozen
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        # The same port every time: the backplane reconnects to where it was.
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in self._pipes:
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._links):
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def freeze(self) -> None:
+        for writer in self._links:
+            self._links[writer] = True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for port in self.backends:
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                continue
-        else:
-            writer.close()
-            return
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._links[writer] = False
         try:
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        except (OSError, asyncio.IncompleteReadError):
+            up_reader, up_writer = await self.connect()
+        except OSError:
+            writer.transport.abort()
+            return
+        try:
+            await asyncio.gather(
+                self._pump(reader, up_writer, writer), self._pump(up_reader, writer, writer)
+            )
+        finally:
+            self._links.pop(writer, None)
+            self._tasks.discard(task)
+
+    async def _pump(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while data := await src.read(65536):
+                if not self._links.get(link, True):  # frozen: swallowed, like a dead link
+                    dst.write(data)
+                    await dst.drain()
+        except (OSError, RuntimeError):
             pass
         finally:
-            sink.close()
+            dst.transport.abort()
+
+
+def balancer(ports: list[int]) -> Proxy:
+    """A TCP load balancer, as clinics put in front of several hubs: each new connection
+    goes to the first backend that accepts it, in order (no sticky sessions)."""
+
+    async def first_up() -> Streams:
+        for port in ports:
+            with contextlib.suppress(OSError):
+                return await asyncio.open_connection("127.0.0.1", port)
+        raise OSError("no backend is up")
+
+    return Proxy(first_up)
 
 
 class RedisServer:

@@ -32,7 +32,7 @@ from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.backplane.postgres import PostgresBackplane
 from hub.live.backplane.redis import RedisBackplane
 from hub.storage.frames import asyncpg_dsn
-from tests.live_support import RedisServer, free_port, require_redis_server
+from tests.live_support import Proxy, RedisServer, Streams, free_port, require_redis_server
 
 KINDS = ["memory", "postgres", "redis"]
 NETWORKED = ["postgres", "redis"]
@@ -117,71 +117,6 @@ def redis_url(redis_server: RedisServer) -> str:
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()  # a test that killed it failed before starting it again
     return redis_server.url
-
-
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-class Proxy:
-    """A TCP proxy in front of a service, to take the service away: `stop()` closes every
-    link and refuses new ones (the service is down); `freeze()` lets the links stand but
-    passes nothing on (a half-open connection, which only a health check can find)."""
-
-    def __init__(self, connect: Callable[[], Awaitable[Streams]]) -> None:
-        self.connect = connect
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._links: dict[asyncio.StreamWriter, bool] = {}  # client side -> frozen
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        # The same port every time: the backplane reconnects to where it was.
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._links):
-            writer.transport.abort()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def freeze(self) -> None:
-        for writer in self._links:
-            self._links[writer] = True
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._links[writer] = False
-        try:
-            up_reader, up_writer = await self.connect()
-        except OSError:
-            writer.transport.abort()
-            return
-        try:
-            await asyncio.gather(
-                self._pump(reader, up_writer, writer), self._pump(up_reader, writer, writer)
-            )
-        finally:
-            self._links.pop(writer, None)
-            self._tasks.discard(task)
-
-    async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while data := await src.read(65536):
-                if not self._links.get(link, True):  # frozen: swallowed, like a dead link
-                    dst.write(data)
-                    await dst.drain()
-        except (OSError, RuntimeError):
-            pass
-        finally:
-            dst.transport.abort()
 
 
 def _pg_proxy(database_url: str) -> tuple[Proxy, Callable[[], str]]:

@@ -18,9 +18,9 @@ import pytest
 from hub import closecodes
 from tests.live_support import (
     ROOT,
-    Balancer,
     HubProcess,
     RedisServer,
+    balancer,
     closed_with,
     create_session,
     follow,
@@ -166,12 +166,13 @@ async def test_kill9_node_holding_mirrors(
     env = {"HUB_BACKPLANE": backplane, "HUB_BACKPLANE_HEARTBEAT_MS": str(HEARTBEAT_MS)}
     node_a = await start_hub(**env)
     node_b = await start_hub(**env)
-    balancer = Balancer([node_a.port, node_b.port])  # A while it is up, then B
-    await balancer.start()
+    proxy = balancer([node_a.port, node_b.port])  # A while it is up, then B
+    await proxy.start()
+    through_proxy = f"http://127.0.0.1:{proxy.port}"
     total = 600
     sessions = [await create_session(node_a.http) for _ in range(3)]
     clients = {
-        s: MirrorClient(balancer.http, s, token=token("mirror", s), backoff_max=0.2)
+        s: MirrorClient(through_proxy, s, token=token("mirror", s), backoff_max=0.2)
         for s in sessions
     }
     # Followers on sessions 1 and 2: one watching on B, one on A (via the balancer: after
@@ -182,7 +183,7 @@ async def test_kill9_node_holding_mirrors(
     followers = [
         asyncio.create_task(follow(url, s, total, seen[s][i], closes))
         for s in followed
-        for i, url in enumerate((node_b.ws, balancer.ws))
+        for i, url in enumerate((node_b.ws, through_proxy.replace("http", "ws", 1)))
     ]
     try:
         async with (
@@ -219,7 +220,7 @@ async def test_kill9_node_holding_mirrors(
             await client.close()
         for task in followers:
             task.cancel()
-        await balancer.close()
+        await proxy.stop()
 
     for session_id in sessions:
         assert await stored_seqs(database_url, session_id) == list(range(1, total + 1))

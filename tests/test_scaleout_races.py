@@ -35,6 +35,7 @@ from hub.live.buffer import PendingFrame
 from hub.live.cluster import Cluster, channel_of
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Room, Watcher
+from hub.live.session import LiveSession
 from hub.settings import Settings
 from hub.storage import frames as store
 from hub.storage.frames import asyncpg_dsn
@@ -157,6 +158,28 @@ def seqs(watcher: Watcher) -> list[int]:
 
 def kinds(watcher: Watcher) -> list[str]:
     return [orjson.loads(t)["type"] for t in watcher.outbox.items]
+
+
+def watch(node: Node, live: LiveSession) -> Watcher:
+    """A watcher joined to `live` on `node`, as the watch endpoint joins one."""
+    watcher = Watcher(1000, None)
+    node.join(live, watcher)
+    return watcher
+
+
+async def stream_then_leave(
+    node: Node, session_id: uuid.UUID, frames: list[MetricsFrame], end: bool = False
+) -> None:
+    """A mirror on `node` streams `frames` until they are stored, ends the session after
+    them if `end`, and disconnects."""
+    async with node.use(session_id) as live:
+        assert live is not None
+        link = await node.attach_mirror(live)
+        assert node.accept(live, frames) is None
+        await live.wait_stored(frames[-1].seq)
+        if end:
+            await node.end(live, frames[-1].seq)
+        node.detach_mirror(live, link)
 
 
 async def heartbeats(*nodes: Node, rounds: int = 3) -> None:
@@ -284,15 +307,9 @@ async def test_end_on_a_node_whose_room_is_behind_waits_for_the_missing_frames(
 
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
-        watcher = Watcher(1000, None)
-        node_b.join(live_b, watcher)
+        watcher = watch(node_b, live_b)
         node_b.fill_gate = asyncio.Event()  # B's storage reads are slow for now
-        async with node_a.use(session_id) as live_a:
-            assert live_a is not None
-            link_a = await node_a.attach_mirror(live_a)
-            assert node_a.accept(live_a, [frame(1, width=40)]) is None
-            await live_a.wait_stored(1)
-            node_a.detach_mirror(live_a, link_a)  # the device moves to B
+        await stream_then_leave(node_a, session_id, [frame(1, width=40)])  # then to B
         await settle()
         async with asyncio.timeout(WAIT):
             await node_b.fill_reading.wait()
@@ -334,8 +351,7 @@ async def test_heartbeat_unsubscribe_racing_a_load_keeps_the_subscription(
     async with node_b.use(session_id) as live_b, node_a.use(session_id) as live_a:
         assert live_b is not None and live_a is not None
         await sweep
-        watcher = Watcher(1000, None)
-        node_b.join(live_b, watcher)
+        watcher = watch(node_b, live_b)
         await node_a.attach_mirror(live_a)
         assert node_a.accept(live_a, [frame(s) for s in range(1, 4)]) is None
         async with asyncio.timeout(WAIT):
@@ -360,8 +376,7 @@ async def test_end_lost_on_the_backplane_is_found_in_storage(
 
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
-        watcher = Watcher(1000, None)
-        node_b.join(live_b, watcher)
+        watcher = watch(node_b, live_b)
         async with node_a.use(session_id) as live_a:
             assert live_a is not None
             await node_a.attach_mirror(live_a)
@@ -401,8 +416,7 @@ async def test_tail_lost_then_mirror_leaves_is_filled_from_storage(
 
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
-        watcher = Watcher(1000, None)
-        node_b.join(live_b, watcher)
+        watcher = watch(node_b, live_b)
         async with node_a.use(session_id) as live_a:
             assert live_a is not None
             link = await node_a.attach_mirror(live_a)
@@ -468,8 +482,7 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
             live_b = await loading
     assert live_b is not None
     try:
-        watcher = Watcher(1000, None)
-        node_b.join(live_b, watcher)
+        watcher = watch(node_b, live_b)
         await heartbeats(node_a, node_b)
         assert live_b.ended or watcher.outbox.close_code is not None, (
             "session ended in storage, but B holds it as live and its watcher waits for ever"

@@ -36,8 +36,19 @@ from hub.live.session import LiveSession
 from hub.settings import Settings
 from hub.storage.frames import asyncpg_dsn
 from tests import test_scaleout_races as races
-from tests.test_backplane import Proxy, _pg_proxy
-from tests.test_scaleout_races import WAIT, Node, StartNode, frame, kinds, seqs, settle
+from tests.live_support import Proxy
+from tests.test_backplane import _pg_proxy
+from tests.test_scaleout_races import (
+    WAIT,
+    Node,
+    StartNode,
+    frame,
+    kinds,
+    seqs,
+    settle,
+    stream_then_leave,
+    watch,
+)
 
 # The fixtures of tests/test_scaleout_races.py, made available here.
 start_node = races.start_node
@@ -235,8 +246,7 @@ async def test_unreadable_frame_with_the_mirror_here_does_not_loop_on_4009(
 
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
-        first = Watcher(1000, None)
-        node_b.join(live_b, first)
+        first = watch(node_b, live_b)
         node_b.fill_gate = asyncio.Event()  # B's storage reads are slow for now
         async with node_a.use(session_id) as live_a:
             assert live_a is not None
@@ -331,16 +341,11 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
 
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
-        before = Watcher(1000, None)
-        node_b.join(live_b, before)
+        before = watch(node_b, live_b)
         node_b.fill_gate = asyncio.Event()
-        async with node_a.use(session_id) as live_a:
-            assert live_a is not None
-            link_a = await node_a.attach_mirror(live_a)
-            assert node_a.accept(live_a, [frame(1, width=40), frame(2), frame(3)]) is None
-            await live_a.wait_stored(3)
-            await node_a.end(live_a, 3)
-            node_a.detach_mirror(live_a, link_a)
+        await stream_then_leave(
+            node_a, session_id, [frame(1, width=40), frame(2), frame(3)], end=True
+        )
         await settle()
         async with asyncio.timeout(WAIT):
             await node_b.fill_reading.wait()
@@ -377,16 +382,11 @@ async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
 
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
-        watcher = Watcher(1000, None)
-        node_b.join(live_b, watcher)
+        watcher = watch(node_b, live_b)
         node_b.fill_gate = asyncio.Event()
-        async with node_a.use(session_id) as live_a:
-            assert live_a is not None
-            link_a = await node_a.attach_mirror(live_a)
-            assert node_a.accept(live_a, [frame(1, width=40), frame(2), frame(3)]) is None
-            await live_a.wait_stored(3)
-            await node_a.end(live_a, 3)
-            node_a.detach_mirror(live_a, link_a)
+        await stream_then_leave(
+            node_a, session_id, [frame(1, width=40), frame(2), frame(3)], end=True
+        )
         await settle()
         async with asyncio.timeout(WAIT):
             await node_b.fill_reading.wait()

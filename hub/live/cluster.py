@@ -70,6 +70,7 @@ class Listener(Protocol):
 class Cluster:
     def __init__(self, backplane: Backplane, heartbeat_s: float) -> None:
         self.node = uuid.uuid4().hex[:12]
+        self._own_header = f" {self.node}"  # after the one-letter kind; ids are 12 characters
         self.backplane = backplane
         self.heartbeat_s = heartbeat_s
         # A node whose heartbeat is this late is taken for gone (it died or lost its link).
@@ -171,13 +172,15 @@ class Cluster:
             self._listener.on_backplane_reset()
 
     def _on_message(self, channel: str, message: str) -> None:
+        # Every transport hands a node its own messages back (each frame of its mirror):
+        # recognise them by the header, before any parsing copies the frame behind it.
+        if message.startswith(self._own_header, 1):
+            return
         listener = self._listener
         session_id = session_of(channel)
         if listener is None or session_id is None:
             return
         kind, node, rest = [*message.split(" ", 2), "", ""][:3]
-        if node == self.node:
-            return
         self.messages_in += 1
         try:
             if kind == "f":
