@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from alembic import command
 from alembic.config import Config
@@ -33,16 +35,23 @@ def alembic_config() -> Config:
 
 
 @contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """The configured DATABASE_URL, or a running embedded PostgreSQL for the duration."""
+def database_url(settings: Settings, *, watch: bool = False) -> Iterator[str]:
+    """The configured DATABASE_URL, or the data directory's embedded PostgreSQL for the
+    duration (started unless another process already runs it; stopped when this process was
+    its last user). `watch`: start it again if it dies meanwhile."""
     if settings.database_url is not None:
         yield settings.database_url
         return
-    from hub.storage.embedded import start_embedded
+    from hub.storage.embedded import EmbeddedError, start_embedded
 
-    log.info("no DATABASE_URL set: using the embedded PostgreSQL")
-    embedded = start_embedded(settings.data_dir)
     try:
+        embedded = start_embedded(settings.data_dir)
+    except EmbeddedError as exc:
+        log.debug("embedded PostgreSQL failed to start", exc_info=True)
+        raise SystemExit(f"hub: {exc}") from None
+    try:
+        if watch:
+            embedded.watch()
         yield embedded.url
     finally:
         embedded.stop()
@@ -87,7 +96,17 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
 
-    with database_url(settings) as url:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_interrupts())
+        if settings.database_url is None and settings.backplane_kind == "memory":
+            from hub.storage.embedded import DataDirInUse, claim_for_serving
+
+            try:
+                stack.enter_context(claim_for_serving(settings.data_dir, args.port))
+            except DataDirInUse as exc:
+                print(f"hub: {exc}", file=sys.stderr)
+                return 2
+        url = stack.enter_context(database_url(settings, watch=True))
         os.environ["DATABASE_URL"] = url  # the workers build their Settings from it
         if settings.auto_migrate and not args.no_migrate:
             command.upgrade(alembic_config(), "head")
@@ -110,6 +129,26 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             timeout_graceful_shutdown=30,
         )
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (systemd, containers) stops `hub serve` as Ctrl-C does: the embedded database
+    is stopped on the way out (SIGTERM's default action would kill us first) and the exit
+    status is 0. While uvicorn runs, its own handlers (wrapped by hub.app.drain_on_signal)
+    take both signals; this covers starting up and a signal uvicorn hands back after its
+    shutdown."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:

