@@ -131,34 +131,24 @@ def drain_on_signal(live: LiveHub) -> Callable[[], None]:
     """Under uvicorn, run `live.shutdown()` on SIGTERM/SIGINT *before* uvicorn's own shutdown.
 
     uvicorn closes every WebSocket with 1012 first and runs the lifespan shutdown last, too
-    late to ack what the flusher stores. So we take its handlers over: store and ack
-    everything, close with 1012 ourselves, then tell uvicorn to shut down. We set its
-    `should_exit` rather than calling its handler, which would record the signal and raise it
-    again once uvicorn is done: SIGTERM's default action would then kill the process before
-    `hub serve` stops the embedded database, and the exit status would not be 0. A second
-    signal during the drain goes to uvicorn as it is (a second Ctrl-C forces the exit).
-    Elsewhere (tests with an in-process client) the handlers are left alone. Returns a
-    function that restores them.
+    late to ack what the flusher stores. So we wrap its handlers: store and ack everything,
+    close with 1012 ourselves, then hand the signal to uvicorn. Elsewhere (tests with an
+    in-process client) the handlers are left alone. Returns a function that restores them.
     """
     import uvicorn
 
     loop = asyncio.get_running_loop()
     previous: dict[int, object] = {}
-    draining: list[asyncio.Task[None]] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
         uvicorn_handler = previous[signum]
-        assert callable(uvicorn_handler)
-        if draining:
-            uvicorn_handler(signum, frame)
-            return
-        server: uvicorn.Server = getattr(uvicorn_handler, "__self__")  # noqa: B009
 
         def then_uvicorn(_: object) -> None:
-            server.should_exit = True
+            assert callable(uvicorn_handler)
+            uvicorn_handler(signum, frame)
 
-        draining.append(loop.create_task(live.shutdown()))
-        draining[0].add_done_callback(then_uvicorn)
+        task = loop.create_task(live.shutdown())
+        task.add_done_callback(then_uvicorn)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         current = signal.getsignal(sig)

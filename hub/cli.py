@@ -134,10 +134,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (systemd, containers) stops `hub serve` as Ctrl-C does: the embedded database
-    is stopped on the way out (SIGTERM's default action would kill us first) and the exit
-    status is 0. While uvicorn runs, its own handlers (wrapped by hub.app.drain_on_signal)
-    take both signals; this covers starting up and a signal uvicorn hands back after its
-    shutdown."""
+    is stopped on the way out and the exit status is 0. uvicorn drains on either signal
+    (hub.app.drain_on_signal) and then raises the signal again with the handler it found
+    before it started, which for SIGTERM would be the default action: death before the
+    database is stopped. This handler turns it, and a SIGTERM while starting up, into
+    KeyboardInterrupt, as Python does for SIGINT."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

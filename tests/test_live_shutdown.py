@@ -58,8 +58,8 @@ async def test_sigterm_flushes_acks_and_closes_1012(
     assert acks and acks[-1] == FRAMES
     assert mirror_close == 1012
     assert watcher_close == 1012
-    # uvicorn re-raises the signal after its own shutdown, the usual exit of a SIGTERMed server.
-    assert await asyncio.to_thread(hub.proc.wait, 30) in (0, -signal.SIGTERM)  # type: ignore[union-attr]
+    # A stop asked for is a clean exit (systemd and container runtimes stop with SIGTERM).
+    assert await asyncio.to_thread(hub.proc.wait, 30) == 0  # type: ignore[union-attr]
     assert "Traceback" not in hub.logs()
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
