@@ -372,3 +372,26 @@ async def follow(url: str, session_id: str, want: int, seen: list[int], closes: 
         except OSError:
             closes.append(1006)
         await asyncio.sleep(0.05)  # reconnect backoff of a real client
+
+
+def embedded_processes(data_dir: Path) -> list[Any]:
+    """Every live process of the embedded PostgreSQL in `data_dir`: the postmaster (its command
+    line names the pgdata folder), its children, and the keeper (`… keep DATA_DIR`)."""
+    import psutil
+
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = proc.info["cmdline"] or []
+            if proc.info["name"] == "postgres" and str(data_dir / "pgdata") in cmdline:
+                found.append(proc)
+                found.extend(proc.children(recursive=True))
+            elif cmdline[-2:] == ["keep", str(data_dir)]:
+                found.append(proc)
+
+    def alive(proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+        return False
+
+    return [p for p in found if alive(p)]

@@ -32,6 +32,7 @@ from hub.storage.embedded import (
     claim_for_serving,
     start_embedded,
 )
+from tests.live_support import embedded_processes
 
 pytestmark = pytest.mark.slow
 
@@ -73,10 +74,17 @@ def server_processes(pgdata: Path) -> list[psutil.Process]:
     return procs
 
 
+def keepers(pgdata: Path) -> list[psutil.Process]:
+    procs = embedded_processes(pgdata.parent)
+    return [p for p in procs if "keep" in p.cmdline()]
+
+
 def assert_server_gone(pgdata: Path, seen: list[psutil.Process]) -> None:
     assert seen, "no server processes were recorded while it ran"
     left = [p.pid for p in seen if alive(p)] + [p.pid for p in postmasters(pgdata)]
     assert not left, f"postgres processes left for {pgdata}: {left}"
+    # The keeper notices within a second that nobody uses the server any more, and exits.
+    wait_for(lambda: not keepers(pgdata), "the keeper to exit", timeout=10)
 
 
 def sql(url: str, *statements: str) -> object:
@@ -113,12 +121,15 @@ def scratch() -> Iterator[Callable[[], Path]]:
     leftovers = [
         proc
         for proc in psutil.process_iter(["name", "cmdline"])
-        if proc.info["name"] == "postgres"
+        if (
+            proc.info["name"] == "postgres"
+            or "hub.storage.embedded" in (proc.info["cmdline"] or [])
+        )
         and any(arg.startswith(str(path)) for arg in proc.info["cmdline"] or [] for path in made)
     ]
     for proc in leftovers:
         try:
-            proc.kill()  # the postmaster; its children exit when they notice it is gone
+            proc.kill()  # postmasters (their children exit when they notice) and keepers
         except psutil.Error:
             pass
     wait_for(lambda: not any(alive(p) for p in leftovers), "leftover servers to die")
@@ -216,19 +227,39 @@ def test_killed_user_neither_keeps_the_server_nor_takes_it(data_dir: Path, tmp_p
     assert_server_gone(pg.pgdata, seen)  # and not kept running for it either
 
 
-def test_server_of_killed_last_user_is_adopted_and_stopped(data_dir: Path, tmp_path: Path) -> None:
+def test_keeper_stops_the_server_of_a_killed_last_user(data_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "child.err"
     with run_hub_child(data_dir, log) as child:
         read_url(child, log)
+        seen = server_processes(data_dir / "pgdata")
+        assert len(keepers(data_dir / "pgdata")) == 1
         child.kill()
         child.wait(DEADLINE_S)
+    wait_for(lambda: not postmasters(data_dir / "pgdata"), "the keeper to stop the server", 15)
+    assert_server_gone(data_dir / "pgdata", seen)
+    assert (
+        "no process uses the embedded PostgreSQL any more"
+        in (data_dir / "postgresql.log").read_text()
+    )
+
+
+def test_server_left_without_keeper_is_adopted_and_stopped(data_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "child.err"
     pgdata = data_dir / "pgdata"
-    (orphan,) = postmasters(pgdata)  # the server outlives the user that started it ...
+    with run_hub_child(data_dir, log) as child:
+        read_url(child, log)
+        (keeper,) = keepers(pgdata)
+        keeper.kill()  # the backstop gone too: nothing stops the server when ...
+        wait_for(lambda: not alive(keeper), "the keeper to die")  # a zombie of the child
+        child.kill()  # ... its last user is killed
+        child.wait(DEADLINE_S)
+    (orphan,) = postmasters(pgdata)
     pg = start_embedded(data_dir)
-    assert postmasters(pgdata) == [orphan]  # ... is reused, not doubled ...
+    assert postmasters(pgdata) == [orphan]  # reused, not doubled
+    assert len(keepers(pgdata)) == 1  # and kept again
     seen = server_processes(pgdata)
     pg.stop()
-    assert_server_gone(pgdata, seen)  # ... and stopped by the next last user
+    assert_server_gone(pgdata, seen)
 
 
 def test_child_that_returns_stops_the_server(data_dir: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +24,7 @@ from tests.live_support import (
     TEST_SECRET,
     HubProcess,
     create_session,
+    embedded_processes,
     metrics_frame,
     open_client,
     recv,
@@ -37,15 +38,29 @@ from mirror_client import MirrorClient
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def postgres_processes(pgdata: Path) -> list[psutil.Process]:
-    """The postmaster of `pgdata` and its children (backends, checkpointer, io workers …)."""
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.info["name"] == "postgres" and str(pgdata) in (proc.info["cmdline"] or []):
-                found.append(proc)
-                found.extend(proc.children(recursive=True))
-    return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+@pytest.fixture
+async def start_embedded_hub(
+    tmp_path: Path, pg_data_dir: Path
+) -> AsyncIterator[Callable[..., Awaitable[HubProcess]]]:
+    """Start `hub serve` processes on the embedded database of one data directory (no
+    DATABASE_URL); whatever a failing test leaves running is killed afterwards."""
+    started: list[HubProcess] = []
+
+    async def start(data_dir: Path = pg_data_dir, **env: str) -> HubProcess:
+        log = tmp_path / f"hub{len(started)}.log"
+        hub = HubProcess(None, log, migrate=True, HUB_DATA_DIR=str(data_dir), **env)
+        started.append(hub)
+        await hub.start(timeout=90)
+        return hub
+
+    yield start
+    for hub in started:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.kill()
+    for data_dir in {pg_data_dir, *(Path(h.env["HUB_DATA_DIR"]) for h in started)}:
+        for proc in embedded_processes(data_dir):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def postmaster_pid(pgdata: Path) -> int:
@@ -118,12 +133,11 @@ async def streaming_mirror(hub: HubProcess, session_id: str) -> AsyncIterator[Mi
 
 
 async def test_hub_commands_and_second_hubs_leave_the_running_hub_alone(
-    tmp_path: Path, pg_data_dir: Path
+    start_embedded_hub: Callable[..., Awaitable[HubProcess]], pg_data_dir: Path
 ) -> None:
     data_dir = pg_data_dir
     pgdata = data_dir / "pgdata"
-    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
-    await hub.start(timeout=90)
+    hub = await start_embedded_hub()
     assert hub.proc is not None
     session_id = await create_session(hub.http)
     async with streaming_mirror(hub, session_id) as mirror:
@@ -168,15 +182,16 @@ async def test_hub_commands_and_second_hubs_leave_the_running_hub_alone(
     assert await stored_seqs(pgdata, session_id) == list(range(1, mirror.last_seq + 1))
     assert mirror.last_seq > 50
     assert await hub.stop(signal.SIGTERM) == 0
-    assert postgres_processes(pgdata) == [], "postgres left after every hub process stopped"
+    assert not [p for p in embedded_processes(data_dir) if p.name() == "postgres"], (
+        "postgres left after every hub process stopped"
+    )
 
 
 async def test_killed_server_comes_back_under_a_running_hub(
-    tmp_path: Path, pg_data_dir: Path
+    start_embedded_hub: Callable[..., Awaitable[HubProcess]], pg_data_dir: Path
 ) -> None:
     pgdata = pg_data_dir / "pgdata"
-    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(pg_data_dir))
-    await hub.start(timeout=90)
+    hub = await start_embedded_hub()
     assert hub.proc is not None
     session_id = await create_session(hub.http)
     async with streaming_mirror(hub, session_id) as mirror:
@@ -200,25 +215,20 @@ async def test_killed_server_comes_back_under_a_running_hub(
     assert "is back" in hub.logs()
     assert await stored_seqs(pgdata, session_id) == list(range(1, mirror.last_seq + 1))
     assert await hub.stop(signal.SIGTERM) == 0
-    assert postgres_processes(pgdata) == []
+    assert not [p for p in embedded_processes(pg_data_dir) if p.name() == "postgres"]
 
 
 async def test_sigterm_drains_and_stops_the_embedded_server(
-    tmp_path: Path, pg_data_dir: Path
+    start_embedded_hub: Callable[..., Awaitable[HubProcess]], pg_data_dir: Path
 ) -> None:
     pgdata = pg_data_dir / "pgdata"
     frames = 400
     # Flushing only by size, and a size never reached: every frame is still buffered at SIGTERM.
-    hub = HubProcess(
-        None,
-        tmp_path / "hub.log",
-        migrate=True,
-        HUB_DATA_DIR=str(pg_data_dir),
+    hub = await start_embedded_hub(
         HUB_FLUSH_INTERVAL_MS="600000",
         HUB_FLUSH_MAX_FRAMES="100000",
         HUB_WS_MAX_MESSAGES_PER_S="1000000",
     )
-    await hub.start(timeout=90)
     assert hub.proc is not None
     session_id = await create_session(hub.http)
     async with (
@@ -240,7 +250,9 @@ async def test_sigterm_drains_and_stops_the_embedded_server(
         assert mirror.close_code == 1012
     assert acked == frames
     assert await asyncio.to_thread(hub.proc.wait, 30) == 0
-    assert postgres_processes(pgdata) == [], "postgres left running after SIGTERM"
+    assert not [p for p in embedded_processes(pg_data_dir) if p.name() == "postgres"], (
+        "postgres left running after SIGTERM"
+    )
     assert "Traceback" not in hub.logs()
     # Stored, as acked (read with a server of our own, the hub's is gone).
     from hub.storage.embedded import start_embedded
@@ -253,11 +265,10 @@ async def test_sigterm_drains_and_stops_the_embedded_server(
 
 
 async def test_first_start_keeps_server_output_in_its_log_file(
-    tmp_path: Path, pg_data_dir: Path
+    start_embedded_hub: Callable[..., Awaitable[HubProcess]], pg_data_dir: Path
 ) -> None:
     data_dir = pg_data_dir / "fresh"
-    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
-    await hub.start(timeout=90)
+    hub = await start_embedded_hub(data_dir)
     assert await hub.stop(signal.SIGINT) == 0
     console = hub.logs().splitlines()
     about_postgres = [
@@ -274,7 +285,7 @@ async def test_first_start_keeps_server_output_in_its_log_file(
     assert "Success." in server_log  # initdb's advice
     assert "database system is ready to accept connections" in server_log
     assert "database system is shut down" in server_log
-    assert postgres_processes(data_dir / "pgdata") == []
+    assert not [p for p in embedded_processes(data_dir) if p.name() == "postgres"]
 
 
 async def test_unusable_data_dir_is_a_short_error(pg_data_dir: Path) -> None:
@@ -283,3 +294,19 @@ async def test_unusable_data_dir_is_a_short_error(pg_data_dir: Path) -> None:
     assert "Traceback" not in out
     lines = out.strip().splitlines()
     assert 1 <= len(lines) <= 2 and "HUB_DATA_DIR" in out, out
+
+
+async def test_killed_hub_leaves_no_server_behind(
+    start_embedded_hub: Callable[..., Awaitable[HubProcess]], pg_data_dir: Path
+) -> None:
+    """The last user of the server SIGKILLed (no cleanup of its own): the keeper stops it."""
+    hub = await start_embedded_hub()
+    assert [p for p in embedded_processes(pg_data_dir) if p.name() == "postgres"]
+    hub.kill()
+    async with asyncio.timeout(20):
+        while embedded_processes(pg_data_dir):  # noqa: ASYNC110 - other processes: nothing to await
+            await asyncio.sleep(0.1)
+    assert (
+        "no process uses the embedded PostgreSQL any more"
+        in (pg_data_dir / "postgresql.log").read_text()
+    )

