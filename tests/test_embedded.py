@@ -416,3 +416,26 @@ def test_one_serving_hub_per_data_dir(data_dir: Path) -> None:
                 pass
     with claim_for_serving(data_dir, 8124):  # released: free again
         pass
+
+
+def test_first_start_after_an_interrupted_initdb(data_dir: Path) -> None:
+    # What a first start cut short leaves: initdb's half-made folder, an empty pgdata.
+    (data_dir / "pgdata.new" / "global").mkdir(parents=True)
+    (data_dir / "pgdata.new" / "PG_VERSION").write_text("18\n")
+    (data_dir / "pgdata").mkdir()
+    pg = start_embedded(data_dir)
+    try:
+        assert sql(pg.url, "select 1") == 1
+        assert not (data_dir / "pgdata.new").exists()
+        seen = server_processes(pg.pgdata)
+    finally:
+        pg.stop()
+    assert_server_gone(pg.pgdata, seen)
+
+
+def test_pgdata_with_files_but_no_cluster_is_left_alone(data_dir: Path) -> None:
+    (data_dir / "pgdata").mkdir(parents=True)
+    (data_dir / "pgdata" / "notes.txt").write_text("mine")
+    with pytest.raises(EmbeddedError, match="holds files but no database cluster"):
+        start_embedded(data_dir)
+    assert (data_dir / "pgdata" / "notes.txt").read_text() == "mine"

@@ -286,6 +286,8 @@ def keep(data_dir: Path) -> None:
         return  # another keeper was quicker
     while True:
         time.sleep(_KEEPER_INTERVAL_S)
+        if not data_dir.is_dir():
+            return  # removed: nothing left to find its server by
         with _control_lock(data_dir):
             if _no_users(data_dir):
                 if _postmaster_from_pidfile(data_dir / "pgdata") is not None:
@@ -339,13 +341,15 @@ def _ensure_running(data_dir: Path) -> psutil.Process:
     if running is not None and _wait_ready(pgdata, running, None):
         return running
     user = _server_user()
-    pgdata.mkdir(mode=0o700, exist_ok=True)
-    if user is not None:
-        _prepare_for_server_user(pgdata, user)
     log_fd = _open_log(data_dir)
     with open(log_fd, "ab") as log:
         if not (pgdata / "PG_VERSION").exists():
             _initdb(pgdata, log, user)
+        if user is not None:
+            _let_server_user_in(pgdata, user)
+            socket_dir = _socket_dir(pgdata)
+            if socket_dir != pgdata:
+                shutil.chown(socket_dir, user, user)
         # Stale: it names no live server of this data. Postgres would refuse to start if the
         # pid were taken meanwhile (a zombie, pid reuse); leftover processes of the dead
         # server are still found through its shared memory, keyed by the folder's inode.
@@ -374,24 +378,28 @@ def _server_user() -> str | None:
     return None
 
 
-def _prepare_for_server_user(pgdata: Path, user: str) -> None:
-    """As root: let the server's user reach its data and the binaries, and own its data."""
-    ensure_prefix_permissions(pgdata)
+def _let_server_user_in(folder: Path, user: str) -> None:
+    """As root: let the server's user reach `folder` and the binaries, and own `folder`."""
+    ensure_prefix_permissions(folder)
     ensure_prefix_permissions(POSTGRES_BIN_PATH)
     read = 0o044
     ensure_folder_permissions(POSTGRES_BIN_PATH, read | 0o011)
     ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
-    shutil.chown(pgdata, user, user)
-    socket_dir = _socket_dir(pgdata)
-    if socket_dir != pgdata:
-        shutil.chown(socket_dir, user, user)
+    shutil.chown(folder, user, user)
 
 
 def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
+    """Create the database cluster in a fresh folder and move it into place once complete: an
+    initdb cut short (Ctrl-C during a first start) leaves no half-made cluster behind."""
     logger.debug("creating the embedded PostgreSQL database cluster in %s", pgdata)
+    fresh = pgdata.with_name(pgdata.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(mode=0o700)
+    if user is not None:
+        _let_server_user_in(fresh, user)
     command = [
         str(POSTGRES_BIN_PATH / "initdb"),
-        *("-D", str(pgdata), "-U", "postgres", "--encoding=utf8"),
+        *("-D", str(fresh), "-U", "postgres", "--encoding=utf8"),
         *("--auth-local=trust", "--auth-host=reject"),
     ]
     result = subprocess.run(
@@ -399,7 +407,7 @@ def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=pgdata,
+        cwd=fresh,
         timeout=_START_TIMEOUT_S,
         check=False,
         user=user,
@@ -408,10 +416,19 @@ def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
     )
     if result.returncode != 0:
         raise EmbeddedError(
-            f"initdb failed in {pgdata} (exit status {result.returncode})\n"
+            f"initdb failed in {fresh} (exit status {result.returncode})\n"
             f"--- last lines of {pgdata.parent / LOG_FILE} ---\n"
             f"{_log_tail(pgdata.parent / LOG_FILE)}"
         )
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            pgdata.rmdir()  # empty: an earlier version made it before running initdb
+    except OSError:
+        raise EmbeddedError(
+            f"{pgdata} holds files but no database cluster (no PG_VERSION); move it away "
+            "and start again"
+        ) from None
+    fresh.rename(pgdata)
 
 
 def _spawn_postgres(pgdata: Path, log: BinaryIO, user: str | None) -> subprocess.Popen[bytes]:
