@@ -99,11 +99,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_interrupts())
         if settings.database_url is None and settings.backplane_kind == "memory":
-            from hub.storage.embedded import DataDirInUse, claim_for_serving
+            from hub.storage.embedded import EmbeddedError, claim_for_serving
 
             try:
                 stack.enter_context(claim_for_serving(settings.data_dir, args.port))
-            except DataDirInUse as exc:
+            except EmbeddedError as exc:  # another hub serves it, or it is unusable
                 print(f"hub: {exc}", file=sys.stderr)
                 return 2
         url = stack.enter_context(database_url(settings, watch=True))

@@ -195,15 +195,21 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
             f"cannot run the embedded PostgreSQL in {str(pgdata)!r}: the path must not contain "
             '", $, ` or \\; choose another data directory (HUB_DATA_DIR)'
         )
-    # 0o700 keeps the data private for a normal user; as root the parents are opened o+rx
-    # for the server's user (see _prepare_for_server_user).
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    users_fd = _open_lock_file(data_dir / USERS_FILE)
+    try:
+        # 0o700 keeps the data private for a normal user; as root the parents are opened o+rx
+        # for the server's user (see _let_server_user_in).
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        users_fd = _open_lock_file(data_dir / USERS_FILE)
+    except OSError as exc:
+        raise EmbeddedError(f"cannot use the data directory {data_dir}: {exc}") from exc
     try:
         with _control_lock(data_dir):
             fcntl.flock(users_fd, fcntl.LOCK_SH)
             postmaster = _ensure_running(data_dir)
             _ensure_keeper(data_dir)
+    except OSError as exc:
+        os.close(users_fd)
+        raise EmbeddedError(f"embedded PostgreSQL cannot start in {data_dir}: {exc}") from exc
     except BaseException:
         os.close(users_fd)
         raise
@@ -218,9 +224,11 @@ def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
     that holds it. A hub without a backplane takes every live session of its database for its
     own, so two of them on one database must not run."""
     data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / SERVE_FILE
-    fd = _open_lock_file(path)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = _open_lock_file(data_dir / SERVE_FILE)
+    except OSError as exc:
+        raise EmbeddedError(f"cannot use the data directory {data_dir}: {exc}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
