@@ -439,3 +439,35 @@ def test_pgdata_with_files_but_no_cluster_is_left_alone(data_dir: Path) -> None:
     with pytest.raises(EmbeddedError, match="holds files but no database cluster"):
         start_embedded(data_dir)
     assert (data_dir / "pgdata" / "notes.txt").read_text() == "mine"
+
+
+def test_users_arriving_and_leaving_at_once(data_dir: Path, tmp_path: Path) -> None:
+    """Several processes start on a fresh data directory at the same moment (one initdb, one
+    server), then leave in turn: the server stays up until the last one is gone."""
+    children = []
+    for i in range(4):
+        log = tmp_path / f"child{i}.err"
+        children.append((run_hub_child(data_dir, log), log))
+    try:
+        urls = {read_url(child, log) for child, log in children}
+        assert len(urls) == 1
+        (postmaster,) = postmasters(data_dir / "pgdata")
+        seen = server_processes(data_dir / "pgdata")
+        for child, log in children[:-1]:
+            assert child.stdin is not None
+            child.stdin.close()
+            assert child.wait(DEADLINE_S) == 0, log.read_text()
+            assert postmasters(data_dir / "pgdata") == [postmaster]
+            assert sql(next(iter(urls)), "select 1") == 1
+        last, log = children[-1]
+        assert last.stdin is not None
+        last.stdin.close()
+        assert last.wait(DEADLINE_S) == 0, log.read_text()
+    finally:
+        for child, _ in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(DEADLINE_S)
+            assert child.stdout is not None
+            child.stdout.close()
+    assert_server_gone(data_dir / "pgdata", seen)
