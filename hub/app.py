@@ -7,16 +7,18 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 
 import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.endpoints import docs, watch_page
@@ -51,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             url = embedded.url
         tokens, first_admin = token_service(settings)
         announce(tokens, first_admin, settings.data_dir)
+        metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
         engine = make_engine(url)
         live = LiveHub(settings, url)
         await live.start()
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             restore_signals()
             await live.shutdown()
             await engine.dispose()
+            metrics.worker_exiting(settings.prometheus_multiproc_dir)
             if embedded is not None:
                 embedded.stop()
 
@@ -84,12 +88,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
             else r
             for r in routes
         ]
+    # Admin only by default: the figures tell how busy the clinic is.
+    scrape: Callable[[Request], Awaitable[Response]] = metrics.metrics_endpoint
+    if not settings.public_metrics:
+        scrape = guard(scrape, ("admin",))
+    routes.append(Route("/metrics", scrape, methods=["GET"], include_in_schema=False))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(watch_page.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(metrics.HTTPMetrics)],
         exception_handlers={
             HTTPError: _hub_error,
             HTTPException: _starlette_error,

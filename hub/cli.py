@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +89,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
 
-    with database_url(settings) as url:
+    with database_url(settings) as url, metrics_dir(args.workers):
         os.environ["DATABASE_URL"] = url  # the workers build their Settings from it
         if settings.auto_migrate and not args.no_migrate:
             command.upgrade(alembic_config(), "head")
@@ -110,6 +112,23 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             timeout_graceful_shutdown=30,
         )
     return 0
+
+
+@contextlib.contextmanager
+def metrics_dir(workers: int | None) -> Iterator[None]:
+    """With several workers: a fresh directory where each keeps its metric values, so that
+    /metrics on any of them reports the sum (prometheus-client's multiprocess mode). It must
+    be set before the workers start, and is removed when they are gone."""
+    if workers is None or workers <= 1:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="hub-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
