@@ -142,6 +142,19 @@ class Health(Struct):
     live: LiveStats
 
 
+class Liveness(Struct):
+    status: Literal["ok"]
+
+
+class Readiness(Struct):
+    status: Literal["ready", "not_ready"]
+    database: Literal["ok", "unavailable"]
+    # "unknown" while the database does not answer.
+    migrations: Literal["current", "not_current", "unknown"]
+    draining: bool  # shutting down (SIGTERM): storing what it holds, taking nothing new
+    failed: list[str]  # the checks that failed: database, migrations, draining
+
+
 class FieldError(Struct):
     field: str
     message: str
