@@ -110,7 +110,9 @@ class MetricOut(Struct):
 class SeriesPoint(Struct):
     t: datetime
     value: float
-    seq: int = 0  # last frame seq in the bucket (the frame's own seq without bucketing)
+    # The frame's seq (with buckets: the last in the bucket). None: a task result, recorded
+    # with POST /tasks/{id}/metrics or by a finished task frame, not a streamed frame.
+    seq: int | None = None
 
 
 class SeriesOut(Struct):

@@ -341,6 +341,16 @@ class LiveHub:
         live.room.broadcast_presence()
         self._announce(live)
 
+    def task_results(
+        self, session_id: uuid.UUID, task_id: uuid.UUID, values: dict[str, float]
+    ) -> None:
+        """Task results recorded over HTTP (stored already): a room of the session in this
+        node's memory shows them in its snapshots, as it does a finished task frame's."""
+        live = self.sessions.get(session_id)
+        task = live.room.tasks.get(str(task_id)) if live is not None else None
+        if task is not None:
+            task["metrics"] = {**task["metrics"], **values}
+
     # Other nodes -------------------------------------------------------------------------
 
     def _offer(
