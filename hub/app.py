@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
-from hub.endpoints import docs, watch_page
+from hub.endpoints import docs, landing, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
@@ -81,10 +81,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [op.route() for op in all_operations()]
     routes.append(Route("/openapi.json", openapi, include_in_schema=False))
     routes.extend(docs.routes)
+    routes.extend(landing.routes)
     if not settings.public_docs:  # the documents then need any staff credential
         routes = [
             Route(r.path, guard(r.endpoint, ("admin", "therapist")), methods=r.methods)
-            if isinstance(r, Route) and r.path in ("/openapi.json", "/docs", "/redoc")
+            if isinstance(r, Route) and r.path in docs.GUARDED_PATHS
             else r
             for r in routes
         ]
