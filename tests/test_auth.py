@@ -575,7 +575,7 @@ async def test_public_docs_off_needs_a_credential(
     hub = await start_hub(HUB_PUBLIC_DOCS="false")
     async with httpx.AsyncClient(base_url=hub.http) as http:
         assert (await http.get("/health")).status_code == 200
-        for path in ("/openapi.json", "/docs", "/redoc"):
+        for path in ("/openapi.json", "/docs", "/redoc", "/docs/protocol"):
             assert_unauthorized(await http.get(path))
             response = await http.get(path, headers=bearer(token("therapist")))
             assert response.status_code == 200, (path, response.text)
