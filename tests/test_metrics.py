@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from tests.live_support import (
     HubProcess,
@@ -21,6 +23,7 @@ from tests.live_support import (
     recv,
     send,
     staff_headers,
+    token,
     wait_acked,
 )
 
@@ -148,3 +151,28 @@ async def test_workers_report_one_total(database_url: str, tmp_path: Path) -> No
     assert code == 0, hub.logs()
     assert "Traceback" not in hub.logs()
     assert not list(temp.iterdir())
+
+
+async def test_a_lagging_watcher_is_counted(start_hub: StartHub) -> None:
+    """A watcher that stops reading is closed with 4008, and the close is counted by its code."""
+    hub = await start_hub(HUB_WATCHER_QUEUE_FRAMES="50", HUB_WS_MAX_MESSAGES_PER_S="1000000")
+    session_id = await create_session(hub.http)
+    sock = socket.socket()  # a tiny receive buffer and a client that never reads
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", hub.port))
+    stalled = await connect(
+        f"{hub.ws}/ws/sessions/{session_id}/watch", sock=sock, max_queue=1, compression=None
+    )
+    await send(stalled, {"type": "hello", "token": token("therapist")})
+    values = {f"joint_{i}": float(i) for i in range(190)}  # ~5 KB frames fill buffers fast
+    async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
+        for seq in range(1, 501):
+            await send(mirror, metrics_frame(seq, **values))
+        await wait_acked(mirror, 500, timeout=60)
+    async with asyncio.timeout(10):
+        while True:  # the close is sent by the watcher's own task: poll the hub's figures
+            samples = await scrape(hub.http)
+            if value(samples, "hub_websocket_closes_total", code="4008") == 1:
+                break
+            await asyncio.sleep(0.05)
+    stalled.transport.abort()  # no closing handshake: it would wait for what it never read
