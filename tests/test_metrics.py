@@ -164,15 +164,17 @@ async def test_a_lagging_watcher_is_counted(start_hub: StartHub) -> None:
         f"{hub.ws}/ws/sessions/{session_id}/watch", sock=sock, max_queue=1, compression=None
     )
     await send(stalled, {"type": "hello", "token": token("therapist")})
-    values = {f"joint_{i}": float(i) for i in range(190)}  # ~5 KB frames fill buffers fast
-    async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
-        for seq in range(1, 501):
-            await send(mirror, metrics_frame(seq, **values))
-        await wait_acked(mirror, 500, timeout=60)
-    async with asyncio.timeout(10):
-        while True:  # the close is sent by the watcher's own task: poll the hub's figures
-            samples = await scrape(hub.http)
-            if value(samples, "hub_websocket_closes_total", code="4008") == 1:
-                break
-            await asyncio.sleep(0.05)
-    stalled.transport.abort()  # no closing handshake: it would wait for what it never read
+    try:
+        values = {f"joint_{i}": float(i) for i in range(190)}  # ~5 KB frames fill buffers fast
+        async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
+            for seq in range(1, 501):
+                await send(mirror, metrics_frame(seq, **values))
+            await wait_acked(mirror, 500, timeout=60)
+        async with asyncio.timeout(10):
+            while True:  # the close is sent by the watcher's own task: poll the hub's figures
+                samples = await scrape(hub.http)
+                if value(samples, "hub_websocket_closes_total", code="4008") == 1:
+                    break
+                await asyncio.sleep(0.05)
+    finally:  # no closing handshake: it would wait for what it never read
+        stalled.transport.abort()
