@@ -239,6 +239,8 @@ HTTP_MATRIX = [
     Endpoint("GET", "/health/ready", PUBLIC),
     Endpoint("GET", "/metrics", ADMIN),
     Endpoint("GET", "/docs", PUBLIC),
+    Endpoint("GET", "/docs/protocol", PUBLIC),
+    Endpoint("GET", "/", PUBLIC),
     Endpoint("GET", "/redoc", PUBLIC),
     Endpoint("GET", "/openapi.json", PUBLIC),
     Endpoint("GET", "/watch", PUBLIC, query="session={session}"),
