@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from typing import Literal
 
 import sqlalchemy.exc
 from alembic.script import ScriptDirectory
@@ -66,8 +67,10 @@ def migration_head() -> str | None:
 async def ready(request: Request) -> Response:
     ctx = context(request)
     key = ctx.engine.url.render_as_string()
-    database = "unavailable"
-    migrations = "current" if key in _current else "unknown"
+    database: Literal["ok", "unavailable"] = "unavailable"
+    migrations: Literal["current", "not_current", "unknown"] = (
+        "current" if key in _current else "unknown"
+    )
     try:
         async with asyncio.timeout(READY_DB_TIMEOUT_S), ctx.engine.connect() as conn:
             if key in _current:
@@ -97,8 +100,8 @@ async def ready(request: Request) -> Response:
     ]
     body = Readiness(
         status="not_ready" if failed else "ready",
-        database=database,  # type: ignore[arg-type]
-        migrations=migrations,  # type: ignore[arg-type]
+        database=database,
+        migrations=migrations,
         draining=draining,
         failed=failed,
     )
