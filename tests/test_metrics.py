@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from hub import metrics
 from tests.live_support import (
     HubProcess,
     create_session,
@@ -178,3 +182,20 @@ async def test_a_lagging_watcher_is_counted(start_hub: StartHub) -> None:
                 await asyncio.sleep(0.05)
     finally:  # no closing handshake: it would wait for what it never read
         stalled.transport.abort()
+
+
+def test_gauges_of_dead_workers_stop_counting(tmp_path: Path) -> None:
+    """A worker killed without cleaning up leaves its live gauges behind; the next worker to
+    start drops them (counters stay: their totals still happened)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    files = {
+        "dead_gauge": tmp_path / f"gauge_livesum_{dead.pid}.db",
+        "dead_counter": tmp_path / f"counter_{dead.pid}.db",
+        "live_gauge": tmp_path / f"gauge_livesum_{os.getppid()}.db",
+    }
+    for path in files.values():
+        path.write_bytes(b"")
+    metrics.forget_dead_workers(tmp_path)
+    assert not files["dead_gauge"].exists()
+    assert files["dead_counter"].exists() and files["live_gauge"].exists()
