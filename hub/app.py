@@ -7,19 +7,21 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 
 import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
-from hub.endpoints import docs, watch_page
+from hub.endpoints import docs, landing, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             url = embedded.url
         tokens, first_admin = token_service(settings)
         announce(tokens, first_admin, settings.data_dir)
+        metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
         engine = make_engine(url)
         live = LiveHub(settings, url)
         await live.start()
@@ -72,25 +75,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
             restore_signals()
             await live.shutdown()
             await engine.dispose()
+            metrics.worker_exiting(settings.prometheus_multiproc_dir)
             if embedded is not None:
                 embedded.stop()
 
     routes: list[BaseRoute] = [op.route() for op in all_operations()]
     routes.append(Route("/openapi.json", openapi, include_in_schema=False))
     routes.extend(docs.routes)
+    routes.extend(landing.routes)
     if not settings.public_docs:  # the documents then need any staff credential
         routes = [
             Route(r.path, guard(r.endpoint, ("admin", "therapist")), methods=r.methods)
-            if isinstance(r, Route) and r.path in ("/openapi.json", "/docs", "/redoc")
+            if isinstance(r, Route) and r.path in docs.GUARDED_PATHS
             else r
             for r in routes
         ]
+    # Admin only by default: the figures tell how busy the clinic is.
+    scrape: Callable[[Request], Awaitable[Response]] = metrics.metrics_endpoint
+    if not settings.public_metrics:
+        scrape = guard(scrape, ("admin",))
+    routes.append(Route("/metrics", scrape, methods=["GET"], include_in_schema=False))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(watch_page.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(metrics.HTTPMetrics)],
         exception_handlers={
             HTTPError: _hub_error,
             HTTPException: _starlette_error,

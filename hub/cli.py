@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +109,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"hub: {exc}", file=sys.stderr)
                 return 2
         url = stack.enter_context(database_url(settings, watch=True))
+        stack.enter_context(metrics_dir(args.workers))
         os.environ["DATABASE_URL"] = url  # the workers build their Settings from it
         if settings.auto_migrate and not args.no_migrate:
             command.upgrade(alembic_config(), "head")
@@ -150,6 +153,23 @@ def _sigterm_interrupts() -> Iterator[None]:
         log.info("stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def metrics_dir(workers: int | None) -> Iterator[None]:
+    """With several workers: a fresh directory where each keeps its metric values, so that
+    /metrics on any of them reports the sum (prometheus-client's multiprocess mode). It must
+    be set before the workers start, and is removed when they are gone."""
+    if workers is None or workers <= 1:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="hub-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

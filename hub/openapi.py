@@ -143,8 +143,8 @@ def build_openapi(operations: list[Operation] | None = None) -> dict[str, Any]:
             "version": hub.__version__,
             "description": (
                 "Session history of virtual-mirror exercise sessions. The live stream runs over "
-                "WebSockets (`/ws/sessions/{id}/mirror`, `/ws/sessions/{id}/watch`); see "
-                "docs/protocol.md."
+                "WebSockets (`/ws/sessions/{id}/mirror`, `/ws/sessions/{id}/watch`): see "
+                "[the live protocol](/docs/protocol)."
             ),
         },
         "paths": paths,

@@ -110,7 +110,9 @@ class MetricOut(Struct):
 class SeriesPoint(Struct):
     t: datetime
     value: float
-    seq: int = 0  # last frame seq in the bucket (the frame's own seq without bucketing)
+    # The frame's seq (with buckets: the last in the bucket). None: a task result, recorded
+    # with POST /tasks/{id}/metrics or by a finished task frame, not a streamed frame.
+    seq: int | None = None
 
 
 class SeriesOut(Struct):
@@ -140,6 +142,19 @@ class Health(Struct):
     # "disabled" only when HUB_AUTH_DISABLED is set: nobody needs a credential then.
     auth: Literal["enabled", "disabled"]
     live: LiveStats
+
+
+class Liveness(Struct):
+    status: Literal["ok"]
+
+
+class Readiness(Struct):
+    status: Literal["ready", "not_ready"]
+    database: Literal["ok", "unavailable"]
+    # "unknown" while the database does not answer.
+    migrations: Literal["current", "not_current", "unknown"]
+    draining: bool  # shutting down (SIGTERM): storing what it holds, taking nothing new
+    failed: list[str]  # the checks that failed: database, migrations, draining
 
 
 class FieldError(Struct):

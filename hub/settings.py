@@ -88,6 +88,11 @@ def _path(env: Mapping[str, str], name: str) -> Path | None:
     return path
 
 
+def _dir(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw) if raw else None
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -140,6 +145,7 @@ class Settings:
     auth_audience: str | None = None  # required `aud` of identity-provider tokens
     auth_disabled: bool = False  # development only; the hub says so loudly
     public_docs: bool = True  # /docs, /redoc and /openapi.json without a credential
+    public_metrics: bool = False  # /metrics without a credential (otherwise: admin only)
     mirror_token_ttl_s: int = 12 * 3600
     # Browser origins allowed to open WebSockets (cross-site WebSocket hijacking); the hub's
     # own origin is always allowed, and clients that send no Origin (devices, scripts) too.
@@ -157,6 +163,9 @@ class Settings:
     # its watchers are closed with 4009 (resume). A dead node's unstored frames come back only
     # when the mirror resends them to another node: this must cover a mirror's reconnect.
     backplane_gap_timeout_ms: int = 10_000
+    # Set by `hub serve --workers N` for its workers (prometheus-client reads it too): where
+    # each worker keeps its metric values, so that /metrics on any of them reports the sum.
+    prometheus_multiproc_dir: Path | None = None
 
     @property
     def backplane_kind(self) -> Literal["memory", "postgres", "redis"]:
@@ -194,6 +203,7 @@ class Settings:
             auth_audience=env.get("HUB_AUTH_AUDIENCE", "").strip() or None,
             auth_disabled=_bool(env, "HUB_AUTH_DISABLED", False),
             public_docs=_bool(env, "HUB_PUBLIC_DOCS", True),
+            public_metrics=_bool(env, "HUB_PUBLIC_METRICS", False),
             mirror_token_ttl_s=_int(env, "HUB_MIRROR_TOKEN_TTL_S", cls.mirror_token_ttl_s),
             allowed_origins=tuple(
                 o.strip().rstrip("/")
@@ -214,4 +224,5 @@ class Settings:
             backplane_gap_timeout_ms=_int(
                 env, "HUB_BACKPLANE_GAP_TIMEOUT_MS", cls.backplane_gap_timeout_ms, minimum=50
             ),
+            prometheus_multiproc_dir=_dir(env, "PROMETHEUS_MULTIPROC_DIR"),
         )

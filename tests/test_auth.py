@@ -137,6 +137,9 @@ async def make_world(base: str) -> World:
         session_id = own.json()["id"]
         task = await http.post(f"/sessions/{session_id}/tasks", json={"task_name": "squat"})
         assert task.status_code == 201, task.text
+        # A result, so that the session has the metric the series row asks for.
+        result = await http.post(f"/tasks/{task.json()['id']}/metrics", json={"accuracy": 0.5})
+        assert result.status_code == 201, result.text
     return World(
         session_id, task.json()["id"], own.json()["mirror_token"], other.json()["mirror_token"]
     )
@@ -232,7 +235,12 @@ HTTP_MATRIX = [
     Endpoint("POST", "/tasks/{task}/metrics", SESSION_SCOPED_CREATE, {"accuracy": 0.5}),
     Endpoint("GET", "/tasks/{task}/metrics", SESSION_SCOPED),
     Endpoint("GET", "/health", PUBLIC),
+    Endpoint("GET", "/health/live", PUBLIC),
+    Endpoint("GET", "/health/ready", PUBLIC),
+    Endpoint("GET", "/metrics", ADMIN),
     Endpoint("GET", "/docs", PUBLIC),
+    Endpoint("GET", "/docs/protocol", PUBLIC),
+    Endpoint("GET", "/", PUBLIC),
     Endpoint("GET", "/redoc", PUBLIC),
     Endpoint("GET", "/openapi.json", PUBLIC),
     Endpoint("GET", "/watch", PUBLIC, query="session={session}"),
@@ -569,7 +577,7 @@ async def test_public_docs_off_needs_a_credential(
     hub = await start_hub(HUB_PUBLIC_DOCS="false")
     async with httpx.AsyncClient(base_url=hub.http) as http:
         assert (await http.get("/health")).status_code == 200
-        for path in ("/openapi.json", "/docs", "/redoc"):
+        for path in ("/openapi.json", "/docs", "/redoc", "/docs/protocol"):
             assert_unauthorized(await http.get(path))
             response = await http.get(path, headers=bearer(token("therapist")))
             assert response.status_code == 200, (path, response.text)

@@ -147,7 +147,7 @@ async def test_log_has_no_child_data_and_no_credentials(
             assert (await http.get(f"/sessions/{session_id}/tasks")).status_code == 200
             assert (await http.get(f"/tasks/{task_id}/metrics", headers=own)).status_code == 200
             series = await http.get(f"/sessions/{session_id}/series", params={"metric": "accuracy"})
-            assert len(series.json()["points"]) == 28
+            assert len(series.json()["points"]) == 28 + 1  # the frames and the task's result
             # Writes over HTTP, and an update of the child's data that does not exist (405).
             task = await http.post(f"/sessions/{session_id}/tasks", json={"task_name": "jump"})
             assert task.status_code == 201

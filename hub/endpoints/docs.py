@@ -1,8 +1,12 @@
-"""Interactive API documentation: Swagger UI at /docs and ReDoc at /redoc.
+"""Documentation pages: Swagger UI at /docs, ReDoc at /redoc, the live protocol at /docs/protocol.
 
 Both pages render the hub's own `/openapi.json` with browser assets that the hub serves
 itself from `/static/docs` (vendored from npm by scripts/vendor_docs_assets.sh), so they
 work on a machine with no network access and leak no request to a CDN or font service.
+
+The protocol page is docs/protocol.md rendered on the server (markdown-it-py) from the copy
+packaged with the hub (`hub/static/docs/protocol.md`; a test keeps it equal to docs/protocol.md),
+so it needs no script and works from an installed wheel too.
 
 Caching: the pages link each asset with `?v=<content hash>`, and a request carrying that
 exact hash is answered with a year-long immutable `Cache-Control`; any other request for a
@@ -15,12 +19,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
+import itertools
 import json
 import os
 import pathlib
 import secrets
 from typing import Final
 
+from markdown_it import MarkdownIt
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -37,6 +43,7 @@ _SWAGGER_JS: Final = "swagger-ui/swagger-ui-bundle.js"
 _SWAGGER_ICON: Final = "swagger-ui/favicon-32x32.png"
 _SWAGGER_ICON_SMALL: Final = "swagger-ui/favicon-16x16.png"
 _REDOC_JS: Final = "redoc/redoc.standalone.js"
+PROTOCOL_MD: Final = STATIC_DIR / "protocol.md"
 
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _REVALIDATE: Final = "public, max-age=3600"
@@ -61,6 +68,28 @@ _CSP: Final = (
     "form-action 'self'; "
     "frame-ancestors 'self'"
 )
+
+
+# Pages rendered on the server run no script at all.
+_NO_SCRIPT_CSP: Final = (
+    "default-src 'none'; "
+    "style-src 'unsafe-inline'; "
+    "img-src 'self' data:; "
+    "base-uri 'none'; "
+    "form-action 'none'; "
+    "frame-ancestors 'self'"
+)
+
+
+def static_page_response(page: str) -> HTMLResponse:
+    """A page without scripts (the landing page, the protocol)."""
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": _NO_SCRIPT_CSP,
+        "Referrer-Policy": "no-referrer",
+    }
+    return HTMLResponse(page, headers=headers)
 
 
 def _page_response(page: str, nonce: str) -> HTMLResponse:
@@ -201,8 +230,72 @@ async def redoc(request: Request) -> HTMLResponse:
     return _page_response(page, nonce)
 
 
+# Shared by the hub's pages without scripts.
+PAGE_STYLE: Final = """<style>
+body { font: 16px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 52rem; padding: 1rem 2rem;
+       color: #222; }
+a { color: #0b57d0; }
+code, pre { font: 14px ui-monospace, monospace; background: #f4f4f4; }
+code { padding: 0 .2em; }
+pre { padding: .75rem; overflow-x: auto; }
+pre code { padding: 0; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }
+nav { font-size: .9rem; margin-bottom: 1rem; }
+</style>"""
+
+_PROTOCOL_PAGE: Final = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Mirror Hub live protocol</title>
+<link rel="icon" href="data:,">
+{style}
+</head>
+<body>
+<nav><a href="{root}/">Mirror Hub</a> · <a href="{root}/docs">API (Swagger UI)</a> ·
+<a href="{root}/redoc">API (ReDoc)</a></nav>
+<main>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+def _slug(text: str) -> str:
+    """GitHub's heading anchors, which docs/protocol.md's own links use: `#size-limit`."""
+    kept = "".join(c for c in text.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+@functools.cache
+def protocol_html() -> str:
+    """docs/protocol.md as HTML; raw HTML in it is escaped, not passed through."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(PROTOCOL_MD.read_text(encoding="utf-8"))
+    for opening, inline in itertools.pairwise(tokens):
+        if opening.type == "heading_open":
+            opening.attrSet("id", _slug(inline.content))
+    html_body: str = md.renderer.render(tokens, md.options, {})
+    return html_body
+
+
+async def protocol(request: Request) -> HTMLResponse:
+    root = html.escape(_root_path(request))
+    page = _PROTOCOL_PAGE.format(style=PAGE_STYLE, root=root, body=protocol_html())
+    return static_page_response(page)
+
+
+# What HUB_PUBLIC_DOCS=false puts behind a staff credential.
+GUARDED_PATHS: Final = ("/openapi.json", "/docs", "/redoc", "/docs/protocol")
+
 routes: list[BaseRoute] = [
     Route("/docs", swagger_ui, methods=["GET"], name="docs_swagger_ui", include_in_schema=False),
+    Route(
+        "/docs/protocol", protocol, methods=["GET"], name="docs_protocol", include_in_schema=False
+    ),
     Route("/redoc", redoc, methods=["GET"], name="docs_redoc", include_in_schema=False),
     Mount(
         STATIC_PREFIX,

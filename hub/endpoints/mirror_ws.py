@@ -7,7 +7,7 @@ import uuid
 
 from starlette.websockets import WebSocket
 
-from hub import closecodes
+from hub import closecodes, metrics
 from hub.context import HubContext, context
 from hub.endpoints.ws_common import handshake, limit_per_client, welcome
 from hub.frames import (
@@ -89,6 +89,7 @@ async def _stream(
             errors_in_a_row = 0
         except ProtocolError as exc:
             errors_in_a_row += 1
+            metrics.rejected(exc.code)
             link.outbox.push(error_message(exc).decode())
             if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                 link.outbox.close(closecodes.TOO_MANY_ERRORS, flush=True)

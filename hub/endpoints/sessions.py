@@ -134,9 +134,17 @@ async def metric_series(request: Request) -> Response:
     limit = query_int(request, "limit", MAX_POINTS, 1, MAX_POINTS)
     since, until = query_time(request, "since"), query_time(request, "until")
     async with context(request).sessionmaker() as db:
-        rows = await repository.metric_series(
-            db, session_id, metric, since=since, until=until, bucket_ms=bucket_ms, limit=limit
-        )
+        try:
+            rows = await repository.metric_series(
+                db, session_id, metric, since=since, until=until, bucket_ms=bucket_ms, limit=limit
+            )
+        except repository.UnknownMetric as exc:
+            # The answer names the session's metrics: a read like any other.
+            await audit(request, "read_series", session_id)
+            known = ", ".join(exc.known) if exc.known else "none yet"
+            raise HTTPError(
+                404, "not_found", f"this session has no metric {metric!r}; it has: {known}"
+            ) from None
     if rows is None:
         raise not_found("session")
     await audit(request, "read_series", session_id)
@@ -228,6 +236,11 @@ OPERATIONS = [
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_POINTS}),
         ),
         errors=(404, 422),
-        description="Built from the metric frames the mirror streamed over the WebSocket.",
+        description=(
+            "One series from both sources of a session's metrics: the metric frames the mirror "
+            "streamed (`seq` set) and the task results recorded with `POST "
+            "/tasks/{task_id}/metrics` or by a finished task frame (`seq` null). 404 for a "
+            "metric the session never had; the message names those it has."
+        ),
     ),
 ]

@@ -75,6 +75,7 @@ async def add_metrics(request: Request) -> Response:
     async with ctx.sessionmaker() as db:
         task = await _task_of_caller(request, db, task_id)
         rows = await repository.add_metrics(db, task, batch)
+    ctx.live.task_results(task.session_id, task.id, batch)
     return json_response([metric_out(r) for r in rows], 201)
 
 

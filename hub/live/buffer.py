@@ -16,6 +16,7 @@ from collections import deque
 from datetime import datetime
 from itertools import islice
 
+from hub import metrics
 from hub.frames import TaskFrame
 
 BACKLOG_BATCHES = 10
@@ -45,6 +46,7 @@ class WriteBuffer:
         self._nonempty = asyncio.Event()
         self._full_batch = asyncio.Event()
         self.peak_frames = 0  # for tests and the benchmark: the bound was never passed
+        metrics.BUFFER_MAX_FRAMES.set(max_frames)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -67,6 +69,7 @@ class WriteBuffer:
         self._items.append(item)
         self._bytes += len(item.text)
         self.peak_frames = max(self.peak_frames, len(self._items))
+        metrics.BUFFER_FRAMES.set(len(self._items))
         self._nonempty.set()
         if len(self._items) >= self.flush_frames:
             self._full_batch.set()
@@ -96,6 +99,7 @@ class WriteBuffer:
         """Drop the first `count` frames (their batch committed) and wake waiting mirrors."""
         for _ in range(count):
             self._bytes -= len(self._items.popleft().text)
+        metrics.BUFFER_FRAMES.set(len(self._items))
         if not self._items:
             self._nonempty.clear()
             self._full_batch.clear()

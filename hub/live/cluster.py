@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
 
+from hub import metrics
 from hub.live.backplane.base import Backplane
 
 log = logging.getLogger("hub.cluster")
@@ -167,6 +168,7 @@ class Cluster:
 
     def _on_reset(self) -> None:
         self.resets += 1
+        metrics.BACKPLANE_RESETS.inc()
         log.warning("backplane reconnected; sessions resync from storage where needed")
         if self._listener is not None:
             self._listener.on_backplane_reset()
@@ -182,6 +184,7 @@ class Cluster:
             return
         kind, node, rest = [*message.split(" ", 2), "", ""][:3]
         self.messages_in += 1
+        metrics.BACKPLANE_MESSAGES_IN.inc()
         try:
             if kind == "f":
                 seq, text = rest.split(" ", 1)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hub import closecodes
+from hub import closecodes, metrics
 from hub.frames import Ack, encode
 from hub.live.rooms import Outbox
 from hub.live.session import MirrorLink
@@ -27,6 +27,7 @@ MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes of 
 
 async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = "") -> None:
     text = (reason or code.meaning).encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+    metrics.closed(code)
     try:
         await websocket.close(code.code, text)
     except (RuntimeError, OSError, WebSocketDisconnect):  # the peer is gone already
@@ -45,8 +46,11 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
         if link is not None and link.acked > sent_ack:
             sent_ack = link.acked
             await websocket.send_text(encode(Ack(seq=sent_ack)).decode())
+            metrics.acked(link.acked_at)
         if outbox.close_code is not None and not outbox.flush_before_close:
             return
+        if items and link is None:
+            metrics.handed_off(len(items), outbox.oldest_at)
         while items:
             await websocket.send_text(items.popleft())
         if outbox.close_code is not None:

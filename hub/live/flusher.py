@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
 import asyncpg
 
+from hub import metrics
 from hub.live.buffer import PendingFrame, WriteBuffer
 from hub.storage import frames as store
 
@@ -63,6 +65,7 @@ class Flusher:
     async def flush(self, batch: list[PendingFrame]) -> None:
         """Store `batch` (the head of the buffer), retrying until it commits."""
         taken = len(batch)
+        started = time.perf_counter()
         delay = BACKOFF_INITIAL_S
         while True:
             try:
@@ -76,6 +79,7 @@ class Flusher:
                     break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 self.failures += 1
+                metrics.STORAGE_FAILURES.inc()
                 if self.failures == 1 or self.failures % 20 == 0:
                     log.warning(
                         "storing %d frames failed (%s); retrying, attempt %d",
@@ -90,6 +94,7 @@ class Flusher:
         self.failures = 0
         self.batches += 1
         self.frames += len(batch)
+        metrics.flushed(len(batch), time.perf_counter() - started)
         await self.buffer.release(taken)
         if batch:
             self.on_committed(batch)

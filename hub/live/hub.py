@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 from starlette.websockets import WebSocket
 
-from hub import closecodes
+from hub import closecodes, metrics
 from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
 from hub.live.backplane import make_backplane
 from hub.live.backplane.base import Backplane
@@ -254,6 +254,7 @@ class LiveHub:
             )
             self._offer(live, frame.seq, text, frame)
             self.cluster.frame(live.id, frame.seq, text)
+            metrics.FRAMES_RECEIVED.inc()
         return None
 
     async def end(self, live: LiveSession, last_seq: int) -> str:
@@ -339,6 +340,16 @@ class LiveHub:
         live.room.watchers.discard(watcher)
         live.room.broadcast_presence()
         self._announce(live)
+
+    def task_results(
+        self, session_id: uuid.UUID, task_id: uuid.UUID, values: dict[str, float]
+    ) -> None:
+        """Task results recorded over HTTP (stored already): a room of the session in this
+        node's memory shows them in its snapshots, as it does a finished task frame's."""
+        live = self.sessions.get(session_id)
+        task = live.room.tasks.get(str(task_id)) if live is not None else None
+        if task is not None:
+            task["metrics"] = {**task["metrics"], **values}
 
     # Other nodes -------------------------------------------------------------------------
 
@@ -574,12 +585,15 @@ class LiveHub:
         rate = self.settings.ws_max_messages_per_s
         task = asyncio.create_task(pump(websocket, outbox, on_text, rate, link))
         self.connections.add(task)
+        gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
+        gauge.inc()
         try:
             await asyncio.shield(task)
         finally:
             if not task.done():  # the endpoint itself was cancelled
                 task.cancel()
             self.connections.discard(task)
+            gauge.dec()
 
     def stats(self) -> LiveStats:
         sessions = list(self.sessions.values())

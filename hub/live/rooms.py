@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import deque
 from typing import Any
 
@@ -48,6 +49,7 @@ class Outbox:
         self.close_code: closecodes.CloseCode | None = None
         self.close_reason = ""
         self.flush_before_close = False
+        self.oldest_at = 0.0  # when the oldest queued item arrived (perf_counter)
 
     def push(self, text: str) -> bool:
         if self.close_code is not None:
@@ -55,6 +57,8 @@ class Outbox:
         if len(self.items) >= self.bound:
             self.close(closecodes.LAGGING, "send queue full; reconnect with since=<last seq>")
             return False
+        if not self.items:
+            self.oldest_at = time.perf_counter()
         self.items.append(text)
         self.ready.set()
         return True

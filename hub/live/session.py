@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import datetime
 
@@ -17,11 +18,13 @@ class MirrorLink:
     def __init__(self, bound: int) -> None:
         self.outbox = Outbox(bound)
         self.acked = 0
+        self.acked_at = 0.0  # when `acked` last grew (its commit): for the ack latency
 
     def ack(self, seq: int) -> None:
         # Acks are cumulative, so only the newest matters: the writer sends `acked` when due.
         if seq > self.acked:
             self.acked = seq
+            self.acked_at = time.perf_counter()
             self.outbox.ready.set()
 
 

@@ -11,7 +11,23 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Float, Uuid, and_, delete, func, insert, literal, or_, select
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Uuid,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.schemas import MetricsBatch, SessionCreate, TaskCreate
@@ -115,8 +131,15 @@ async def get_task(db: AsyncSession, task_id: uuid.UUID) -> Task | None:
 
 
 async def add_metrics(db: AsyncSession, task: Task, batch: MetricsBatch) -> Sequence[Metric]:
+    """Record task results, as a finished task frame's metrics are: rows in `metrics`, merged
+    into the task's `metrics` (what the task list and a watcher's snapshot show)."""
     rows = [Metric(task_id=task.id, name=name, value=value) for name, value in batch.items()]
     db.add_all(rows)
+    await db.execute(
+        update(Task)
+        .where(Task.id == task.id)
+        .values(metrics=Task.metrics.op("||")(cast(dict(batch), JSONB)), updated_at=func.now())
+    )
     await db.commit()
     for row in rows:
         await db.refresh(row)
@@ -128,6 +151,15 @@ async def list_metrics(db: AsyncSession, task: Task) -> Sequence[Metric]:
     return (await db.scalars(query)).all()
 
 
+class UnknownMetric(LookupError):
+    def __init__(self, known: list[str]) -> None:
+        super().__init__("no such metric")
+        self.known = known  # the metrics the session has (the first MAX_KNOWN_METRICS)
+
+
+MAX_KNOWN_METRICS = 50
+
+
 async def metric_series(
     db: AsyncSession,
     session_id: uuid.UUID,
@@ -137,35 +169,78 @@ async def metric_series(
     until: datetime | None,
     bucket_ms: int | None,
     limit: int,
-) -> list[tuple[datetime, float, int]] | None:
-    """One metric of a session over time, from the streamed frames; averaged per bucket."""
+) -> list[tuple[datetime, float, int | None]] | None:
+    """One metric of a session over time, averaged per bucket: the values the mirror streamed
+    (metric frames, by hub time of arrival) and the task results recorded for it (POST
+    /tasks/{id}/metrics, a finished task's metrics; seq None), one series in time order.
+    None if the session does not exist; UnknownMetric if it never had this metric."""
     if await db.get(Session, session_id) is None:
         return None
     value = Frame.payload["values"][metric].as_float()
-    conditions = [Frame.session_id == session_id, Frame.kind == "metrics", value.is_not(None)]
+    streamed = select(Frame.received_at.label("t"), value.label("v"), Frame.seq.label("seq")).where(
+        Frame.session_id == session_id, Frame.kind == "metrics", value.is_not(None)
+    )
+    results = (
+        select(Metric.recorded_at, Metric.value, literal(None, BigInteger))
+        .join(Task, Task.id == Metric.task_id)
+        .where(Task.session_id == session_id, Metric.name == metric)
+    )
     if since is not None:
-        conditions.append(Frame.received_at >= since)
+        streamed = streamed.where(Frame.received_at >= since)
+        results = results.where(Metric.recorded_at >= since)
     if until is not None:
-        conditions.append(Frame.received_at < until)
+        streamed = streamed.where(Frame.received_at < until)
+        results = results.where(Metric.recorded_at < until)
+    points = union_all(streamed, results).subquery()
     if bucket_ms:
         seconds = bucket_ms / 1000.0
-        epoch = func.extract("epoch", Frame.received_at)
+        epoch = func.extract("epoch", points.c.t)
         bucket = func.to_timestamp(func.floor(epoch / seconds) * seconds)
         query = (
-            select(bucket.label("t"), func.avg(value).cast(Float), func.max(Frame.seq))
-            .where(*conditions)
+            select(bucket.label("t"), func.avg(points.c.v).cast(Float), func.max(points.c.seq))
             .group_by(bucket)
             .order_by(bucket)
-            .limit(limit)
         )
     else:
-        query = (
-            select(Frame.received_at, value, Frame.seq)
-            .where(*conditions)
-            .order_by(Frame.seq)
-            .limit(limit)
+        query = select(points.c.t, points.c.v, points.c.seq).order_by(
+            points.c.t, points.c.seq.nulls_last()
         )
-    return [(t, float(v), int(s)) for t, v, s in (await db.execute(query)).all()]
+    rows = [
+        (t, float(v), None if s is None else int(s))
+        for t, v, s in (await db.execute(query.limit(limit))).all()
+    ]
+    if not rows and not await _has_metric(db, session_id, metric):
+        raise UnknownMetric(await _metric_names(db, session_id))
+    return rows
+
+
+async def _has_metric(db: AsyncSession, session_id: uuid.UUID, metric: str) -> bool:
+    streamed = select(Frame.seq).where(
+        Frame.session_id == session_id,
+        Frame.kind == "metrics",
+        Frame.payload["values"].has_key(metric),
+    )
+    results = (
+        select(Metric.id)
+        .join(Task, Task.id == Metric.task_id)
+        .where(Task.session_id == session_id, Metric.name == metric)
+    )
+    return bool(await db.scalar(select(or_(streamed.exists(), results.exists()))))
+
+
+async def _metric_names(db: AsyncSession, session_id: uuid.UUID) -> list[str]:
+    """Every metric name of a session (error path only: reads all its frames)."""
+    streamed = select(func.jsonb_object_keys(Frame.payload["values"]).label("name")).where(
+        Frame.session_id == session_id, Frame.kind == "metrics"
+    )
+    results = (
+        select(Metric.name)
+        .join(Task, Task.id == Metric.task_id)
+        .where(Task.session_id == session_id)
+    )
+    names = union(streamed, results).subquery()
+    query = select(names.c.name).order_by(names.c.name).limit(MAX_KNOWN_METRICS)
+    return list((await db.scalars(query)).all())
 
 
 async def record_access(
