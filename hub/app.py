@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             embedded = start_embedded(settings.data_dir)
             url = embedded.url
         tokens, first_admin = token_service(settings)
-        announce(tokens, first_admin, settings.data_dir)
+        announce(tokens, first_admin, settings)
         engine = make_engine(url)
         live = LiveHub(settings, url)
         await live.start()
