@@ -219,7 +219,10 @@ def serve_one_process(config: Any, after_start: Callable[[], None]) -> None:
             if not self.should_exit:
                 after_start()
 
-    Server(config).run()
+    # uvicorn ends by raising the signal it caught again; Ctrl-C is a normal way to stop
+    # (uvicorn.run() suppresses it the same way).
+    with contextlib.suppress(KeyboardInterrupt):
+        Server(config).run()
 
 
 def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str, Any]) -> int:
