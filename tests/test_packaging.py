@@ -163,3 +163,5 @@ async def test_wheel_installed_outside_the_checkout_serves_and_migrates(
     assert current.returncode == 0 and "(head)" in current.stdout, current
     history = hub("db", "history")
     assert history.returncode == 0 and "initial schema" in history.stdout, history
+    init = hub("db", "init")  # tables that exist are left as they are
+    assert init.returncode == 0 and "tables created" in init.stdout, init
