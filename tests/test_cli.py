@@ -369,8 +369,33 @@ def test_downgrade_without_a_terminal_needs_yes(tmp_path: Path, fresh_database: 
     assert refused.returncode == 2, refused
     assert "--yes" in refused.stderr and "drops tables" in refused.stderr, refused.stderr
     assert "(head)" in hub_cli("db", "current", env=env).stdout  # nothing was dropped
+    # At a terminal it asks; anything but yes keeps the tables.
+    assert answer_downgrade("n\n", env).returncode == 2
+    assert "(head)" in hub_cli("db", "current", env=env).stdout
+    assert answer_downgrade("y\n", env).returncode == 0
+    assert "(head)" not in hub_cli("db", "current", env=env).stdout
+    assert hub_cli("db", "upgrade", env=env).returncode == 0
     assert hub_cli("db", "downgrade", "--yes", env=env).returncode == 0
     assert "(head)" not in hub_cli("db", "current", env=env).stdout
+
+
+def answer_downgrade(answer: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`hub db downgrade` with a terminal (a pseudo-terminal) on stdin, answering its question."""
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, answer.encode())
+        return subprocess.run(
+            [sys.executable, "-m", "hub", "db", "downgrade"],
+            env=env,
+            cwd=ROOT,
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
 
 
 # --- The formats -----------------------------------------------------------------------------
