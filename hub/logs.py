@@ -6,6 +6,8 @@ record goes to stderr through one handler, as text (one line, with a timestamp) 
 HUB_LOG_FORMAT=json, as one JSON object per line for log shippers.
 
 Records may carry `session_id` and `node` (pass them with `extra=`); both formats show them.
+The hub's messages name their session as `session=<id>`; the JSON format lifts that into
+`session_id` too, so a log shipper can filter by session without parsing messages.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import logging.config
+import re
 from typing import Any
 
 import orjson
@@ -21,6 +24,10 @@ from hub.settings import Settings
 
 # Record attributes that the formats show as fields of their own when a log call sets them.
 CONTEXT_FIELDS = ("session_id", "node")
+
+SESSION_IN_MESSAGE = re.compile(
+    r"\bsession=([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b"
+)
 
 # Third-party loggers that speak at INFO about things an operator does not need every start.
 QUIET = {
@@ -69,6 +76,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = str(value)
+        if "session_id" not in entry and (named := SESSION_IN_MESSAGE.search(entry["message"])):
+            entry["session_id"] = named.group(1)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -203,10 +203,11 @@ async def test_json_logs_are_one_object_per_line(
         async with console(["serve", "--port", str(port)], env, tmp_path) as hub:
             line = await hub.wait_for(lambda line: "admin token" in line, timeout=90)
             admin_token = orjson.loads(line)["message"].rsplit(" ", 1)[1]
-            await connect_a_mirror(
+            session_id = await connect_a_mirror(
                 f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", admin_token
             )
-            await hub.wait_for(lambda line: "mirror connected" in line)
+            connected = await hub.wait_for(lambda line: "mirror connected" in line)
+            assert orjson.loads(connected)["session_id"] == session_id, connected
             await hub.stop()
     assert hub.lines, "the hub said nothing"
     for stream, line in hub.lines:
@@ -420,5 +421,8 @@ def test_json_format_carries_context_and_keeps_tracebacks_on_one_line() -> None:
     assert parsed["message"] == "a b" and parsed["logger"] == "hub.mirror"
     assert (parsed["session_id"], parsed["node"], parsed["level"]) == ("s-1", "n-1", "INFO")
     assert "ValueError: boom" in parsed["exception"]
+    sid = str(uuid.uuid4())
+    named = logging.LogRecord("hub.mirror", logging.INFO, __file__, 1, "x session=%s", (sid,), None)
+    assert orjson.loads(JsonFormatter().format(named))["session_id"] == sid
     text = TextFormatter().format(record(session_id="s-1"))
     assert TEXT_LINE.match(text) and text.endswith("a b session_id=s-1"), text
