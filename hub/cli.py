@@ -155,7 +155,7 @@ def warn_if_unreachable(url: str, settings: Settings) -> None:
         message = explain(exc, settings)
         if message is None:
             message = f"{type(exc).__name__}: {exc}"
-        log.warning("starting without the database (--no-migrate): %s", message)
+        log.warning("starting anyway, without migrations: %s", message)
 
 
 # --- Commands ---------------------------------------------------------------------------------
