@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import alembic.util
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
@@ -114,6 +115,8 @@ def _explain_one(exc: BaseException, settings: Settings) -> str | None:
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         # The server's words: 'role "x" does not exist', 'no pg_hba.conf entry for …'.
         return f"PostgreSQL at {where} refused user {user!r}: {exc}; check DATABASE_URL"
+    if isinstance(exc, alembic.util.CommandError):  # e.g. an unknown revision
+        return f"{exc}; `hub db history` lists the revisions"
     if isinstance(exc, OSError) and exc.filename is not None:
         # Creating the data directory or its files (the signing secret, the embedded server).
         return (
@@ -124,11 +127,13 @@ def _explain_one(exc: BaseException, settings: Settings) -> str | None:
 
 
 def fail(exc: BaseException, settings: Settings) -> int:
-    """Say what went wrong (the traceback only at debug level) and give the exit status;
-    re-raise what is not a known operating error."""
+    """Say what went wrong and give the exit status: a known operating error in a line (its
+    traceback only at debug level), anything else with its traceback, through the log so that
+    HUB_LOG_FORMAT=json keeps it in one record."""
     message = explain(exc, settings)
     if message is None:
-        raise exc
+        log.critical("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return 1
     log.debug("details of the error below", exc_info=exc)
     log.error("%s", message)
     return 1

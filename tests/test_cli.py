@@ -370,6 +370,9 @@ def test_downgrade_without_a_terminal_needs_yes(tmp_path: Path, fresh_database: 
     assert refused.returncode == 2, refused
     assert "--yes" in refused.stderr and "drops tables" in refused.stderr, refused.stderr
     assert "(head)" in hub_cli("db", "current", env=env).stdout  # nothing was dropped
+    unknown = hub_cli("db", "upgrade", "no-such-revision", env=env)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr, unknown.stderr
+    assert "no-such-revision" in unknown.stderr and "hub db history" in unknown.stderr
     # At a terminal it asks; anything but yes keeps the tables.
     assert answer_downgrade("n\n", env).returncode == 2
     assert "(head)" in hub_cli("db", "current", env=env).stdout
