@@ -244,15 +244,16 @@ def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str
         )
         return 2
 
-    # Made before anything else: an unusable data directory fails here, and the first admin
-    # token (if the secret is new) is shown after the server's own start lines.
-    first_admin = ensure_secret(settings)
     with database_url(settings) as url:
         os.environ["DATABASE_URL"] = url  # the workers build their Settings from it
         if settings.auto_migrate and not args.no_migrate:
             command.upgrade(alembic_config(), "head")
         else:
             warn_if_unreachable(url, settings)
+        # The signing secret is made here, in this process, so that the first admin token
+        # can be shown after the server's own start lines; and only once the database is
+        # known to work, so a first attempt that fails on it does not use up that one showing.
+        first_admin = ensure_secret(settings)
         options: dict[str, Any] = dict(
             factory=True,
             host=args.host,

@@ -289,6 +289,8 @@ def test_unusable_database_is_one_short_error(
     assert "Traceback" not in result.stderr, result.stderr
     assert any(words in line for line in output), output
     assert any("DATABASE_URL" in line for line in output), output  # what to check
+    # The first admin token is shown once, when a start succeeds: a failed one makes no secret.
+    assert not (tmp_path / "data" / "auth-secret").exists()
 
 
 def test_unusable_data_directory_is_one_short_error(tmp_path: Path, database_url: str) -> None:
