@@ -1,6 +1,6 @@
 """Drive N simulated mirrors against a hub: one session each, realistic tasks and metrics.
 
-    python client_examples/simulate.py --mirrors 20 --rate 30 --seconds 60
+    .venv/bin/python client_examples/simulate.py --mirrors 20 --rate 30 --seconds 60
 
 Each mirror creates its session over HTTP, then runs raise_hand → squat → balance (a `started`
 event, a mid-task `status` event, metrics at --rate Hz tagged with the task, a `finished`
@@ -132,6 +132,10 @@ async def main(args: argparse.Namespace) -> int:
         )
         return 1
     ids = [session_id for session_id, _ in created]
+    # Where to watch each session in a browser (the token stays in the URL fragment).
+    fragment = f"#token={args.token}" if args.token else ""
+    for session_id in ids:
+        print(f"session {session_id}  {args.url.rstrip('/')}/watch?session={session_id}{fragment}")
     # Each mirror streams with its session's own mirror token; the watchers with --token.
     clients = [
         MirrorClient(args.url, session_id, mirror_token or args.token)

@@ -269,6 +269,10 @@ async def _main(args: argparse.Namespace) -> int:
             f" duplicates {watcher.duplicates}, reconnects {watcher.reconnects},"
             f" closed {watcher.close_code} {watcher.close_reason}".rstrip()
         )
+    if watcher.close_code not in (None, 1000):
+        # Closed with a code that says do not reconnect (bad credential 1008, unknown session
+        # 4004 …) or refused at the upgrade: the watch failed, and scripts must see that.
+        return 2
     return 1 if watcher.gaps else 0
 
 

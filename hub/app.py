@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             embedded.watch()
             url = embedded.url
         tokens, first_admin = token_service(settings)
-        announce(tokens, first_admin, settings.data_dir)
+        announce(tokens, first_admin, settings)
         metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
         engine = make_engine(url)
         live = LiveHub(settings, url)

@@ -9,11 +9,13 @@ algorithm-confusion tokens are refused.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import secrets
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -27,11 +29,38 @@ Role = Literal["admin", "therapist", "mirror"]
 ROLES: tuple[Role, ...] = get_args(Role)
 ISSUER = "mirror-hub"
 SECRET_FILE = "auth-secret"
-LEEWAY_S = 10  # clock skew tolerated between the token's issuer and the hub
+# Clock skew tolerated between the token's issuer and the hub: a token is accepted up to this
+# long after `exp` and before `iat`/`nbf` (README, Access control).
+LEEWAY_S = 10
 
 
 class AuthError(Exception):
     """The credential is missing, malformed, expired, badly signed or of unknown role."""
+
+
+def token_error(exc: jwt.PyJWTError, token: str) -> str:
+    """The JWT library's complaint in words a person holding the token can act on; sent in
+    401 answers and WebSocket close reasons (at most 123 bytes)."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        try:
+            expiry = int(jwt.decode(token, options={"verify_signature": False})["exp"])
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError, OverflowError):
+            return "token expired"
+        moment = datetime.datetime.fromtimestamp(expiry, tz=datetime.UTC)
+        return f"token expired at {moment:%Y-%m-%d %H:%M:%S} UTC; get a new one"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "token is for another audience (its `aud` does not name this hub)"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token lacks the `{exc.claim}` claim"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token is not valid yet (`iat` or `nbf` in the future: check the clocks)"
+    if isinstance(exc, (jwt.InvalidSignatureError, jwt.InvalidKeyError)):
+        return "token signature does not match (signed with another secret or key)"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "token algorithm is not accepted"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed token (expected a JWT: three base64url parts separated by dots)"
+    return "invalid token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +137,8 @@ class TokenService:
                 )
             else:
                 raise AuthError("token algorithm is not accepted")
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
         except jwt.PyJWTError as exc:  # InvalidKeyError (wrong key family) is not Invalid…
-            raise AuthError(f"invalid token: {exc}") from None
+            raise AuthError(token_error(exc, token)) from None
         role = claims.get("role")
         if role not in ROLES:
             raise AuthError("token has no valid role")
@@ -150,19 +177,22 @@ def load_or_create_secret(data_dir: Path) -> tuple[bytes, bool]:
     return secret, True
 
 
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_ttl(text: str) -> int:
-    """'8h', '30m', '90s', '7d' or plain seconds → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    """'90s', '30m', '8h', '7d' → seconds. A bare number is refused: `--ttl 8` meant as hours
+    would otherwise make an 8-second token."""
     text = text.strip().lower()
+    accepted = "a number with a unit: 90s, 30m, 8h or 7d"
+    if not text or text[-1] not in TTL_UNITS:
+        raise ValueError(f"ttl must be {accepted}; got {text!r}")
     try:
-        if text and text[-1] in units:
-            value = int(text[:-1]) * units[text[-1]]
-        else:
-            value = int(text)
+        value = int(text[:-1]) * TTL_UNITS[text[-1]]
     except ValueError:
-        raise ValueError(f"ttl must look like 8h, 30m, 90s or 7d; got {text!r}") from None
+        raise ValueError(f"ttl must be {accepted}; got {text!r}") from None
     if value <= 0:
-        raise ValueError("ttl must be positive")
+        raise ValueError(f"ttl must be positive; got {text!r}")
     return value
 
 
@@ -191,22 +221,56 @@ def token_service(settings: Settings) -> tuple[TokenService | None, str | None]:
     return service, first_admin
 
 
-def announce(service: TokenService | None, first_admin: str | None, data_dir: Path) -> None:
+def ensure_secret(settings: Settings) -> str | None:
+    """Create the generated signing secret now if the hub uses one and it does not exist yet
+    (`hub serve` does this before starting, so the admin token can be shown last); returns the
+    first admin token then, None otherwise."""
+    if settings.auth_disabled or settings.auth_secret:
+        return None
+    secret, created = load_or_create_secret(settings.data_dir)
+    return (
+        TokenService(secret).issue("admin", "first-admin", ADMIN_TOKEN_TTL_S) if created else None
+    )
+
+
+def show_first_admin(token: str, settings: Settings, base_url: str = "http://HOST:PORT") -> None:
+    """The first admin token, framed so it stands out from the log lines, with a command that
+    uses it. With HUB_LOG_FORMAT=json it is one log record like every other line."""
+    days = ADMIN_TOKEN_TTL_S // 86400
+    if settings.log_format == "json":
+        logging.getLogger("hub.auth").warning(
+            "first start: admin token (shown once, valid %d days): %s", days, token
+        )
+        return
+    rule = "=" * 78
+    print(
+        f"\n{rule}\n"
+        f"  First start: generated the signing secret {settings.data_dir / SECRET_FILE} (0600).\n"
+        f"  Admin token, shown only this once (valid {days} days). Use it:\n\n"
+        f"    export TOKEN={token}\n"
+        f'    curl -H "Authorization: Bearer $TOKEN" {base_url}/sessions\n\n'
+        "  More tokens: hub token create --role therapist --name NAME --ttl 8h\n"
+        f"{rule}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def announce(service: TokenService | None, first_admin: str | None, settings: Settings) -> None:
     """Say at start what a person running the hub must know about authentication."""
     if service is None:
-        banner = "!" * 78
+        message = (
+            "AUTHENTICATION IS DISABLED (HUB_AUTH_DISABLED): anyone who reaches this hub can "
+            "read and write children's session data. Development only."
+        )
+        if settings.log_format == "json":
+            logging.getLogger("hub.auth").warning(message)
+            return
+        banner, text = "!" * 78, textwrap.indent(textwrap.fill(message, 76), "  ")
         print(
-            f"{banner}\n  AUTHENTICATION IS DISABLED (HUB_AUTH_DISABLED): anyone who reaches "
-            f"this hub\n  can read and write children's session data. Development only.\n{banner}",
+            f"{banner}\n{text}\n{banner}",
             file=sys.stderr,
             flush=True,
         )
     elif first_admin is not None:
-        print(
-            f"Generated a signing secret in {data_dir / SECRET_FILE} (0600).\n"
-            f"Admin token (shown once, valid {ADMIN_TOKEN_TTL_S // 86400} days):\n\n"
-            f"    {first_admin}\n\n"
-            "Make more with: hub token create --role therapist --name NAME --ttl 8h",
-            file=sys.stderr,
-            flush=True,
-        )
+        show_first_admin(first_admin, settings)

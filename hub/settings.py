@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+import dotenv
 import platformdirs
 
+LOG_LEVELS = ("info", "debug", "warning", "error", "critical")
 ACCEPTED_URL_FORMS = "postgresql://…, postgres://… or postgresql+asyncpg://…"
 
 
@@ -48,21 +50,13 @@ def default_data_dir() -> Path:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a minimal `.env`: KEY=VALUE lines, `#` comments, optional quotes, `export`."""
-    values: dict[str, str] = {}
+    """The KEY=VALUE pairs of a `.env` file (none if it does not exist), read by python-dotenv:
+    `#` comments, quotes, `export`; values are taken literally (no `${VAR}` expansion, so a
+    password with `$` stays as written). A line it cannot parse is skipped with a warning."""
     if not path.is_file():
-        return values
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key = key.removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        values[key] = value
-    return values
+        return {}
+    values = dotenv.dotenv_values(path, interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -104,6 +98,13 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false; got {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
 def _backplane(env: Mapping[str, str]) -> str:
     raw = env.get("HUB_BACKPLANE", "").strip() or "memory"
     if raw in ("memory", "postgres") or raw.startswith(("redis://", "rediss://")):
@@ -119,6 +120,8 @@ class Settings:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     auto_migrate: bool = True
     log_level: str = "info"
+    # "text": one line per record with a timestamp; "json": one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
     # HTTP request bodies larger than this get 413.
     max_body_bytes: int = 1_048_576
     # WebSocket messages larger than this close the connection with 1009.
@@ -182,11 +185,13 @@ class Settings:
         env.update(os.environ if environ is None else environ)
         raw_url = env.get("DATABASE_URL", "").strip()
         data_dir = env.get("HUB_DATA_DIR", "").strip()
+        log_format = _choice(env, "HUB_LOG_FORMAT", ("text", "json"))
         return cls(
             database_url=normalize_database_url(raw_url) if raw_url else None,
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
             auto_migrate=_bool(env, "HUB_AUTO_MIGRATE", True),
-            log_level=env.get("HUB_LOG_LEVEL", "").strip().lower() or "info",
+            log_level=_choice(env, "HUB_LOG_LEVEL", LOG_LEVELS),
+            log_format="json" if log_format == "json" else "text",
             max_body_bytes=_int(env, "HUB_MAX_BODY_BYTES", cls.max_body_bytes),
             ws_max_message_bytes=_int(env, "HUB_WS_MAX_MESSAGE_BYTES", cls.ws_max_message_bytes),
             flush_max_frames=_int(env, "HUB_FLUSH_MAX_FRAMES", cls.flush_max_frames),

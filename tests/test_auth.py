@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import os
@@ -337,14 +338,20 @@ def _scoped(role: str, sid: str, **extra: Any) -> dict[str, Any]:
 # Each: a credential built for `role` (which the endpoint would accept if it were sound) and
 # a fragment of the reason the hub must give.
 BAD_CREDENTIALS: dict[str, tuple[Callable[[str, str], str], str]] = {
-    "tampered-signature": (lambda r, s: flip_signature(signed(_scoped(r, s))), "Signature"),
+    "tampered-signature": (
+        lambda r, s: flip_signature(signed(_scoped(r, s))),
+        "signature does not match",
+    ),
     # A therapist's valid token, its claims rewritten to admin: the signature no longer fits.
     "tampered-payload": (
         lambda r, s: swap_payload(signed(_scoped(r, s)), claims("admin", s, sub="forged")),
-        "Signature",
+        "signature does not match",
     ),
-    "expired": (lambda r, s: signed(_scoped(r, s, exp_in=-(LEEWAY_S + 50))), "expired"),
-    "other-secret": (lambda r, s: signed(_scoped(r, s), "another-secret-" + "y" * 40), "Signature"),
+    "expired": (lambda r, s: signed(_scoped(r, s, exp_in=-(LEEWAY_S + 50))), "expired at 20"),
+    "other-secret": (
+        lambda r, s: signed(_scoped(r, s), "another-secret-" + "y" * 40),
+        "signature does not match",
+    ),
     "alg-none": (_alg_none, "not accepted"),
     "alg-none-signed-anyway": (
         lambda r, s: _alg_none(r, s) + signed(_scoped(r, s)).split(".")[2],
@@ -364,7 +371,7 @@ BAD_CREDENTIALS: dict[str, tuple[Callable[[str, str], str], str]] = {
         lambda r, s: signed({k: v for k, v in _scoped(r, s).items() if k != "exp"}),
         "exp",
     ),
-    "not-a-jwt": (lambda r, s: "not-a-jwt", "invalid token"),
+    "not-a-jwt": (lambda r, s: "not-a-jwt", "malformed token"),
 }
 
 
@@ -724,3 +731,32 @@ async def test_auth_disabled(start_hub: Callable[..., Awaitable[HubProcess]]) ->
     async with httpx.AsyncClient(base_url=hub.http) as http:
         audit = (await http.get("/audit", params={"session_id": session_id})).json()
     assert {item["actor"] for item in audit["items"]} == {"anonymous (auth disabled)"}
+
+
+def test_token_errors_are_in_our_words() -> None:
+    """What a person holding a bad token reads in the 401 or the close reason: the problem,
+    not the JWT library's wording (`Not enough segments`), and for an expired token when."""
+    expired = signed(claims("therapist", exp_in=-3600))
+    exp = jwt.decode(expired, options={"verify_signature": False})["exp"]
+    when = datetime.datetime.fromtimestamp(exp, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    cases = {
+        "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24": "malformed token",
+        "a.b": "malformed token",
+        flip_signature(signed(claims("therapist"))): "token signature does not match",
+        expired: f"token expired at {when} UTC",
+    }
+    for credential, words in cases.items():
+        with pytest.raises(AuthError) as caught:
+            TOKENS.verify(credential)
+        assert str(caught.value).startswith(words), caught.value
+        assert "segments" not in str(caught.value)
+
+
+def test_cli_ttl_needs_a_unit(tmp_path: Path) -> None:
+    """`--ttl 8` used to make an 8-second token; now it is refused, naming the units."""
+    result = hub_cli(
+        tmp_path / "data", "token", "create", "--role", "therapist", "--name", "X", "--ttl", "8"
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    for unit in ("90s", "30m", "8h", "7d"):
+        assert unit in result.stderr, result.stderr

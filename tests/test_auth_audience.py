@@ -29,8 +29,12 @@ def test_audience_is_required_when_configured() -> None:
     hub = TokenService(b"s" * 32, pem, audience="mirror-hub")
     ok = jwt.encode(claims(aud="mirror-hub"), key, algorithm="RS256")
     assert hub.verify(ok).role == "therapist"
-    for bad in (claims(aud="payroll-app"), claims()):
-        with pytest.raises(AuthError):
+    # Said in the hub's words, not the JWT library's.
+    for bad, reason in (
+        (claims(aud="payroll-app"), "token is for another audience"),
+        (claims(), "token lacks the `aud` claim"),
+    ):
+        with pytest.raises(AuthError, match=reason):
             hub.verify(jwt.encode(bad, key, algorithm="RS256"))
     # The hub's own HS256 tokens are not identity-provider tokens: no audience needed.
     assert hub.verify(hub.issue("admin", "ops", 60)).role == "admin"

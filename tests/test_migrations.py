@@ -93,7 +93,7 @@ def test_alembic_and_hub_db_commands(empty_database: str) -> None:
         [*alembic, "downgrade", "-1"],
         [*alembic, "upgrade", "head"],
         [*alembic, "check"],
-        [*hub_db, "downgrade"],
+        [*hub_db, "downgrade", "--yes"],
         [*hub_db, "upgrade"],
     ):
         result = run(step, empty_database)

@@ -182,7 +182,7 @@ async def test_log_has_no_child_data_and_no_credentials(
     log = hub.logs()
 
     # The log is a real debug log of this run (so the checks below could fail).
-    assert "DEBUG:" in log and '< TEXT \'{"type":"hello"' in log, log[-2000:]
+    assert " DEBUG " in log and '< TEXT \'{"type":"hello"' in log, log[-2000:]
     assert f"mirror connected session={sessions[1][0]}" in log
     assert "GET /sessions/" in log and "/ws/sessions/" in log
 

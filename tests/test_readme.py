@@ -19,7 +19,8 @@ import pytest
 from tests.live_support import ROOT, HubProcess
 
 PLACEHOLDER = re.compile(r"<(session_id|task_id)>")
-ADMIN_TOKEN = re.compile(r"^\s+(eyJ[\w-]+\.[\w-]+\.[\w-]+)\s*$", re.MULTILINE)
+# The first start frames the admin token in a command that uses it: `export TOKEN=…`.
+ADMIN_TOKEN = re.compile(r"^\s+export TOKEN=(eyJ[\w-]+\.[\w-]+\.[\w-]+)\s*$", re.MULTILINE)
 
 
 def curl_examples() -> list[tuple[str, Any]]:

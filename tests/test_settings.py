@@ -237,3 +237,20 @@ def test_bad_backplane_names_the_choices_not_the_value(tmp_path: Path, raw: str)
     with pytest.raises(SettingsError, match="HUB_BACKPLANE must be memory, postgres") as info:
         from_env(tmp_path, HUB_BACKPLANE=raw)
     assert PASSWORD not in str(info.value)
+
+
+def test_log_level_and_format(tmp_path: Path) -> None:
+    assert (from_env(tmp_path).log_level, from_env(tmp_path).log_format) == ("info", "text")
+    settings = from_env(tmp_path, HUB_LOG_LEVEL=" Warning ", HUB_LOG_FORMAT="JSON")
+    assert (settings.log_level, settings.log_format) == ("warning", "json")
+    for name, raw in (("HUB_LOG_LEVEL", "verbose"), ("HUB_LOG_FORMAT", "logfmt")):
+        with pytest.raises(SettingsError, match=name):
+            from_env(tmp_path, **{name: raw})
+
+
+def test_env_file_values_are_literal(tmp_path: Path) -> None:
+    """No `${VAR}` expansion: a password with `$` in `.env` stays as written."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("DATABASE_URL=postgres://hub:pa${HOME}@db/hub\n", encoding="utf-8")
+    settings = Settings.from_env(environ={}, env_file=env_file)
+    assert settings.database_url == "postgresql+asyncpg://hub:pa${HOME}@db/hub"

@@ -1,7 +1,12 @@
 """Alembic environment (async): the URL comes from the hub's settings, embedded PG included.
 
-Callers that already hold a connection (the test suite, `hub serve`) pass it in
+Callers that already hold a connection (the test suite) pass it in
 `config.attributes["connection"]`; otherwise a short-lived async engine is made here.
+
+Logging: the `alembic` command configures it from alembic.ini's sections. The hub's own
+commands (`hub serve`, `hub db …`) have configured it already (hub/logs.py) and build their
+Config without a file, so fileConfig is skipped: it would replace the hub's configuration,
+raise the root logger to WARNING and add a second line format.
 """
 
 import asyncio
@@ -31,7 +36,9 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations(url: str) -> None:
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    # asyncpg waits 60 s for a connection by default; an unreachable server should be said
+    # sooner (hub.cli explains the error).
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={"timeout": 10})
     async with engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
     await engine.dispose()
