@@ -13,7 +13,8 @@ from types import FrameType
 import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
@@ -23,6 +24,7 @@ from hub.endpoints import docs, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
+from hub.guard import HostGuard
 from hub.live.hub import LiveHub
 from hub.openapi import all_operations, build_openapi
 from hub.settings import Settings
@@ -90,9 +92,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(HostGuard, allowed_hosts=settings.allowed_hosts)],
         exception_handlers={
             HTTPError: _hub_error,
             HTTPException: _starlette_error,
+            ClientDisconnect: _client_left,
             # The database went away mid-request: a retryable 503, not a 500.
             OSError: _database_unavailable,
             sqlalchemy.exc.OperationalError: _database_unavailable,
@@ -112,6 +116,12 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(HTTPError(exc.status_code, code, str(exc.detail)))
+
+
+async def _client_left(request: Request, exc: Exception) -> Response:
+    # The client went away while sending its body: nobody to answer, nothing went wrong here.
+    log.info("client left during %s %s", request.method, request.url.path)
+    return Response(status_code=400)  # never sent: the connection is gone
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:

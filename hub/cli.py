@@ -77,6 +77,8 @@ def run_db(args: argparse.Namespace, settings: Settings) -> int:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from hub.guard import GuardedHttpToolsProtocol, QuietWebSocketProtocol
+
     if args.workers is not None and args.workers > 1 and settings.backplane_kind == "memory":
         # Each worker holds its own live sessions: without a backplane between them, a watcher
         # on one worker would never see the mirror on another.
@@ -99,8 +101,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             reload=args.reload,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
+            # httptools and websockets-sansio, with the limits they lack (hub/guard.py).
+            http=GuardedHttpToolsProtocol,
+            ws=QuietWebSocketProtocol,
             ws_per_message_deflate=False,
             ws_max_size=settings.ws_max_message_bytes,
             ws_ping_interval=settings.ws_ping_interval_s,

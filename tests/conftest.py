@@ -123,6 +123,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path,
         max_body_bytes=64 * 1024,
         auth_secret=TEST_SECRET,
+        allowed_hosts=("hub.test",),  # the in-process client's base_url
     )
 
 
