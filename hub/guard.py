@@ -25,6 +25,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from hub import closecodes
 from hub.settings import Settings
 
 log = logging.getLogger("hub.edge")
@@ -240,7 +241,7 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.frames = []
                 client = self.client[0] if self.client else "unknown client"
                 log.info("%s: text message is not UTF-8; closed with 1007", client)
-                self.conn.send_close(1007, "text message is not valid UTF-8")
+                self.conn.send_close(closecodes.INVALID_TEXT.code, closecodes.INVALID_TEXT.meaning)
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
