@@ -132,6 +132,41 @@ async def test_erase_during_outage_changes_nothing(start_hub: StartHub, pg_data_
         await asyncio.to_thread(pg.stop)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_shutdown_during_outage_says_what_was_not_stored(
+    start_hub: StartHub, pg_data_dir: Path
+) -> None:
+    pg = await asyncio.to_thread(start_embedded, pg_data_dir)
+    try:
+        engine = create_async_engine(pg.url)
+        await upgrade(engine)
+        await engine.dispose()
+        hub = await start_hub(pg.url)
+        session_id = await create_session(hub.http)
+        async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
+            for seq in range(1, 6):
+                await send(mirror, metrics_frame(seq))
+            await wait_acked(mirror, 5)
+            await asyncio.to_thread(pg.stop)
+            for seq in range(6, 11):
+                await send(mirror, metrics_frame(seq))
+            await wait_for_log(hub, "frames failed")  # the flusher met the outage
+            stopping = asyncio.create_task(hub.stop())
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # nothing more is acked: frames 6..10 were not stored
+                    message = await recv(mirror, timeout=60)
+                    assert message["type"] != "ack" or message["seq"] <= 5, message
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1012
+            assert "resend" in closed.value.rcvd.reason
+            await stopping
+        assert "shutdown: 5 frames not stored, mirrors will resend" in hub.logs()
+        assert_clean_log(hub)
+    finally:
+        await asyncio.to_thread(pg.stop)
+
+
 # Connection lifetimes ----------------------------------------------------------------------
 
 
@@ -204,6 +239,27 @@ async def test_silent_sockets_do_not_lock_out_a_real_client(start_hub: StartHub)
     finally:
         for _, writer in flood:
             writer.transport.abort()
+    assert_clean_log(hub)
+
+
+async def test_process_connection_cap(start_hub: StartHub) -> None:
+    hub = await start_hub(HUB_MAX_CONNECTIONS="3")
+    session_id = await create_session(hub.http)
+    async with (
+        open_client(hub.ws, session_id, "watch") as (first, _),
+        open_client(hub.ws, session_id, "watch"),
+    ):
+        # The third place is taken by a silent socket; a real client takes it from it.
+        silent_reader, silent_writer = await silent_socket(hub, session_id)
+        try:
+            async with open_client(hub.ws, session_id, "watch"):
+                assert await close_code(silent_reader) == 4031
+                # Full of authenticated sockets: a newcomer is turned away.
+                async with connect(f"{hub.ws}/ws/sessions/{session_id}/watch") as extra:
+                    assert (await closed_with(extra))[0] == 4031
+        finally:
+            silent_writer.transport.abort()
+        assert (await recv(first))["type"] == "snapshot"
     assert_clean_log(hub)
 
 
