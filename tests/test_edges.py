@@ -31,12 +31,14 @@ from hub.storage.embedded import start_embedded
 from tests.conftest import upgrade
 from tests.live_support import (
     HubProcess,
+    RedisServer,
     closed_with,
     create_session,
     metrics_frame,
     open_client,
     recv,
     recv_until,
+    require_redis_server,
     send,
     staff_headers,
     token,
@@ -130,6 +132,53 @@ async def test_erase_during_outage_changes_nothing(start_hub: StartHub, pg_data_
         assert_clean_log(hub)
     finally:
         await asyncio.to_thread(pg.stop)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_erase_across_nodes_only_after_commit(start_hub: StartHub, pg_data_dir: Path) -> None:
+    """Two hub processes joined by Redis: the other node's watcher is told 4004 only once the
+    erasure committed, not when it was attempted during an outage."""
+    require_redis_server()
+    redis = RedisServer()
+    await asyncio.to_thread(redis.start)
+    pg = await asyncio.to_thread(start_embedded, pg_data_dir)
+    try:
+        engine = create_async_engine(pg.url)
+        await upgrade(engine)
+        await engine.dispose()
+        a = await start_hub(pg.url, HUB_BACKPLANE=redis.url)
+        b = await start_hub(pg.url, HUB_BACKPLANE=redis.url)
+        session_id = await create_session(a.http)
+        url = f"{a.http}/sessions/{session_id}"
+        admin = staff_headers("admin")
+        async with (
+            open_client(a.ws, session_id, "mirror") as (mirror, _),
+            open_client(b.ws, session_id, "watch") as (watcher, _),
+        ):
+            assert (await recv(watcher))["type"] == "snapshot"
+            await send(mirror, metrics_frame(1))
+            await wait_acked(mirror, 1)
+            assert (await recv_until(watcher, "metrics"))["seq"] == 1
+
+            await asyncio.to_thread(pg.stop)
+            async with httpx.AsyncClient(headers=admin) as http:
+                assert (await http.delete(url, timeout=30)).status_code == 503
+            # Node B's watcher is still fed, through Redis, by the mirror on node A.
+            await send(mirror, metrics_frame(2))
+            assert (await recv_until(watcher, "metrics"))["seq"] == 2
+
+            pg = await asyncio.to_thread(start_embedded, pg_data_dir)
+            await wait_acked(mirror, 2, timeout=60)
+            async with httpx.AsyncClient(headers=admin) as http:
+                assert (await http.delete(url, timeout=30)).status_code == 200
+            assert (await closed_with(watcher))[0] == 4004
+            assert (await closed_with(mirror))[0] == 4004
+        assert_clean_log(a)
+        assert_clean_log(b)
+    finally:
+        await asyncio.to_thread(pg.stop)
+        redis.kill()
 
 
 @pytest.mark.slow
@@ -343,7 +392,7 @@ async def test_request_heads_and_bodies_within_limits(start_hub: StartHub) -> No
         writer.transport.abort()
     elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert elapsed < 2 + 1.5, elapsed
+    assert elapsed < 2 + 3, elapsed  # 2 s, plus the 1 s reads and a busy machine
 
     # A body that stops coming is cut off at HUB_HTTP_BODY_TIMEOUT_S.
     started = time.monotonic()
@@ -354,7 +403,7 @@ async def test_request_heads_and_bodies_within_limits(start_hub: StartHub) -> No
         '{"child_name": '.encode(),
     )
     assert slow_body == b"", slow_body[:200]
-    assert time.monotonic() - started < 2 + 1.5
+    assert time.monotonic() - started < 2 + 3
 
     # A client that aborts its upload mid-body: one quiet line.
     reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
