@@ -234,7 +234,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
     def send_receive_event_to_app(self) -> None:
-        if self.curr_msg_data_type == "text" and not self.close_sent:
+        if self.curr_msg_data_type == "text" and not getattr(self, "close_sent", False):
             try:
                 b"".join(self.frames).decode()
             except UnicodeDecodeError:

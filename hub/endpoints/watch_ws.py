@@ -74,19 +74,19 @@ async def _watch(
     # the catch-up planned here and the live tail the watcher's outbox starts receiving.
     watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
     live_hub.join(live, watcher)
-    last_seq = live.room.seq  # what this node's room has published, from any node
-    # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
-    # after the join, or ended while this node's room still fills a gap, reaches this
-    # watcher through its outbox, like any other message.)
-    ended_at_join = live.ended and live.end_after is None
-    greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
-    if hello.since is None:
-        catch_up_db = None
-        catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]
-    else:
-        catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
+    try:  # from here on the watcher counts in presence: `leave` whatever happens
+        last_seq = live.room.seq  # what this node's room has published, from any node
+        # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
+        # after the join, or ended while this node's room still fills a gap, reaches this
+        # watcher through its outbox, like any other message.)
+        ended_at_join = live.ended and live.end_after is None
+        greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
+        if hello.since is None:
+            catch_up_db = None
+            catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]
+        else:
+            catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
 
-    try:
         try:
             await websocket.send_text(greeting)
             if catch_up_db is not None:
