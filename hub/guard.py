@@ -19,6 +19,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -80,7 +81,11 @@ class HostGuard:
         if scope["type"] not in ("http", "websocket") or self.allows(scope):
             await self.app(scope, receive, send)
             return
-        log.info("refused a request for a host not in HUB_ALLOWED_HOSTS")
+        host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"")
+        # Named, so that a proxy's public name missing from the list is easy to spot.
+        log.info(
+            "refused a request for host %r: not in HUB_ALLOWED_HOSTS", host[:100].decode("latin-1")
+        )
         if scope["type"] == "websocket":
             # Before accept, a close is answered as HTTP 403 to the upgrade request.
             await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
@@ -195,10 +200,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._set_deadline(None)
             super().handle_websocket_upgrade()
 
-    def _set_deadline(self, seconds: float | None, then: Any = None) -> None:
+    def _set_deadline(self, seconds: float | None, then: Callable[[], None] | None = None) -> None:
+        """Cancel the running deadline; with `seconds`, call `then` after them."""
         if self.deadline is not None:
             self.deadline.cancel()
-        self.deadline = None if seconds is None else self.loop.call_later(seconds, then)
+        self.deadline = None
+        if seconds is not None and then is not None:
+            self.deadline = self.loop.call_later(seconds, then)
 
     def _head_too_slow(self) -> None:
         self.deadline = None
