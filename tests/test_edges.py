@@ -458,7 +458,7 @@ async def test_invalid_utf8_closes_1007_quietly(start_hub: StartHub) -> None:
             await mirror.send(b'{"type": "metrics", "seq": 1, "x": "\xff"}', text=True)
             code, _messages = await closed_with(mirror)
             assert code == 1007
-    await wait_for_log(hub, "not UTF-8")
+    await wait_for_log(hub, "not UTF-8", times=3)
     assert_clean_log(hub)
 
 
