@@ -20,11 +20,11 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hub.auth import announce, token_service
 from hub.context import HubContext
+from hub.edge import HostGuard
 from hub.endpoints import docs, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
-from hub.guard import HostGuard
 from hub.live.hub import LiveHub
 from hub.openapi import all_operations, build_openapi
 from hub.settings import Settings

@@ -77,7 +77,7 @@ def run_db(args: argparse.Namespace, settings: Settings) -> int:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from hub.guard import GuardedHttpToolsProtocol, QuietWebSocketProtocol
+    from hub.edge import GuardedHttpToolsProtocol, QuietWebSocketProtocol
 
     if args.workers is not None and args.workers > 1 and settings.backplane_kind == "memory":
         # Each worker holds its own live sessions: without a backplane between them, a watcher
@@ -101,7 +101,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             reload=args.reload,
             workers=args.workers,
             loop="uvloop",
-            # httptools and websockets-sansio, with the limits they lack (hub/guard.py).
+            # httptools and websockets-sansio, with the limits they lack (hub/edge.py).
             http=GuardedHttpToolsProtocol,
             ws=QuietWebSocketProtocol,
             ws_per_message_deflate=False,

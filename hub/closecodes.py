@@ -20,7 +20,7 @@ class CloseCode:
 NORMAL = CloseCode(1000, "normal", False, "session ended (after `end`) or the client closed")
 PROTOCOL_ERROR = CloseCode(1002, "protocol_error", False, "first message was not `hello`")
 UNSUPPORTED = CloseCode(1003, "unsupported_data", False, "binary messages are not accepted")
-# Sent by the WebSocket protocol layer (hub/guard.py): the same bytes would fail again.
+# Sent by the WebSocket protocol layer (hub/edge.py): the same bytes would fail again.
 INVALID_TEXT = CloseCode(1007, "invalid_payload", False, "a text message was not valid UTF-8")
 POLICY = CloseCode(1008, "policy_violation", False, "bad, expired or out-of-scope credential")
 # Not "reconnect": resending the same message would fail again; the client must split it.
