@@ -14,13 +14,14 @@ import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
+from hub.edge import HostGuard
 from hub.endpoints import docs, landing, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
@@ -101,10 +102,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(metrics.HTTPMetrics)],
+        # The Host check first: a refused request is not counted as a route's.
+        middleware=[
+            Middleware(HostGuard, allowed_hosts=settings.allowed_hosts),
+            Middleware(metrics.HTTPMetrics),
+        ],
         exception_handlers={
             HTTPError: _hub_error,
             HTTPException: _starlette_error,
+            ClientDisconnect: _client_left,
             # The database went away mid-request: a retryable 503, not a 500.
             OSError: _database_unavailable,
             sqlalchemy.exc.OperationalError: _database_unavailable,
@@ -124,6 +130,12 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(HTTPError(exc.status_code, code, str(exc.detail)))
+
+
+async def _client_left(request: Request, exc: Exception) -> Response:
+    # The client went away while sending its body: nobody to answer, nothing went wrong here.
+    log.info("client left during %s %s", request.method, request.url.path)
+    return Response(status_code=400)  # never sent: the connection is gone
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:

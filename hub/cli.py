@@ -245,6 +245,7 @@ def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str
     import uvicorn
 
     from hub.auth import ensure_secret, show_first_admin
+    from hub.edge import GuardedHttpToolsProtocol, QuietWebSocketProtocol
 
     if args.workers is not None and args.workers > 1 and settings.backplane_kind == "memory":
         # Each worker holds its own live sessions: without a backplane between them, a watcher
@@ -283,8 +284,9 @@ def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str
             reload=args.reload,
             workers=args.workers,
             loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
+            # httptools and websockets-sansio, with the limits they lack (hub/edge.py).
+            http=GuardedHttpToolsProtocol,
+            ws=QuietWebSocketProtocol,
             ws_per_message_deflate=False,
             ws_max_size=settings.ws_max_message_bytes,
             ws_ping_interval=settings.ws_ping_interval_s,

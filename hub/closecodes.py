@@ -20,10 +20,13 @@ class CloseCode:
 NORMAL = CloseCode(1000, "normal", False, "session ended (after `end`) or the client closed")
 PROTOCOL_ERROR = CloseCode(1002, "protocol_error", False, "first message was not `hello`")
 UNSUPPORTED = CloseCode(1003, "unsupported_data", False, "binary messages are not accepted")
+# Sent by the WebSocket protocol layer (hub/edge.py): the same bytes would fail again.
+INVALID_TEXT = CloseCode(1007, "invalid_payload", False, "a text message was not valid UTF-8")
 POLICY = CloseCode(1008, "policy_violation", False, "bad, expired or out-of-scope credential")
 # Not "reconnect": resending the same message would fail again; the client must split it.
 TOO_BIG = CloseCode(1009, "message_too_big", False, "message over the size limit")
 INTERNAL = CloseCode(1011, "internal_error", True, "unexpected hub error; resume")
+# Its reason says "resend unacked frames" when the hub could not store them all in time.
 RESTART = CloseCode(1012, "service_restart", True, "hub shutting down after storing everything")
 HELLO_TIMEOUT = CloseCode(4000, "hello_timeout", True, "no `hello` within the time limit")
 REPLACED = CloseCode(4001, "replaced", False, "another mirror connection took this session")
@@ -44,6 +47,7 @@ ALL = [
     NORMAL,
     PROTOCOL_ERROR,
     UNSUPPORTED,
+    INVALID_TEXT,
     POLICY,
     TOO_BIG,
     INTERNAL,

@@ -153,9 +153,23 @@ class Settings:
     # Browser origins allowed to open WebSockets (cross-site WebSocket hijacking); the hub's
     # own origin is always allowed, and clients that send no Origin (devices, scripts) too.
     allowed_origins: tuple[str, ...] = ()
+    # Host names the hub answers to (DNS rebinding: a page of another site whose name resolves
+    # to this machine). Empty: the address a connection came in on, localhost, 127.0.0.1 and
+    # ::1. "*" allows any.
+    allowed_hosts: tuple[str, ...] = ()
     # Abuse limits.
     ws_max_messages_per_s: int = 200
+    # Authenticated WebSockets per client address, and sockets still waiting for `hello`
+    # (past this many, the oldest waiting one of that address makes room for the new one).
     max_connections_per_client: int = 1024
+    max_unauthenticated_per_client: int = 64
+    # Open WebSockets of the whole process.
+    max_connections: int = 10_000
+    # An HTTP request head larger than this answers 431; a head or a body not received within
+    # its timeout closes the connection (slow clients hold a socket each).
+    http_max_header_bytes: int = 65_536
+    http_header_timeout_s: int = 10
+    http_body_timeout_s: int = 30
     max_watchers_per_session: int = 32
     # What connects hub nodes (workers, machines): "memory" (one process), "postgres"
     # (LISTEN/NOTIFY on DATABASE_URL) or a redis:// / rediss:// URL.
@@ -215,10 +229,20 @@ class Settings:
                 for o in env.get("HUB_ALLOWED_ORIGINS", "").split(",")
                 if o.strip()
             ),
+            allowed_hosts=tuple(
+                h.strip().lower() for h in env.get("HUB_ALLOWED_HOSTS", "").split(",") if h.strip()
+            ),
             ws_max_messages_per_s=_int(env, "HUB_WS_MAX_MESSAGES_PER_S", cls.ws_max_messages_per_s),
             max_connections_per_client=_int(
                 env, "HUB_MAX_CONNECTIONS_PER_CLIENT", cls.max_connections_per_client
             ),
+            max_unauthenticated_per_client=_int(
+                env, "HUB_MAX_UNAUTHENTICATED_PER_CLIENT", cls.max_unauthenticated_per_client
+            ),
+            max_connections=_int(env, "HUB_MAX_CONNECTIONS", cls.max_connections),
+            http_max_header_bytes=_int(env, "HUB_HTTP_MAX_HEADER_BYTES", cls.http_max_header_bytes),
+            http_header_timeout_s=_int(env, "HUB_HTTP_HEADER_TIMEOUT_S", cls.http_header_timeout_s),
+            http_body_timeout_s=_int(env, "HUB_HTTP_BODY_TIMEOUT_S", cls.http_body_timeout_s),
             max_watchers_per_session=_int(
                 env, "HUB_MAX_WATCHERS_PER_SESSION", cls.max_watchers_per_session
             ),

@@ -123,6 +123,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path,
         max_body_bytes=64 * 1024,
         auth_secret=TEST_SECRET,
+        # The names the in-process clients use: httpx's base_url below, and "testserver" of
+        # Starlette's TestClient (schemathesis' ASGI runs).
+        allowed_hosts=("hub.test", "testserver"),
     )
 
 

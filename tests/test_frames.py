@@ -308,7 +308,7 @@ def test_close_codes_are_unique_and_complete() -> None:
     assert closecodes.BY_CODE == {c.code: c for c in closecodes.ALL}
     for c in closecodes.ALL:
         # RFC 6455 codes the hub may send, or the private-use range.
-        assert c.code in (1000, 1002, 1003, 1008, 1009, 1011, 1012) or 4000 <= c.code <= 4999
+        assert c.code in (1000, 1002, 1003, 1007, 1008, 1009, 1011, 1012) or 4000 <= c.code <= 4999
         assert c.meaning
 
 
@@ -318,6 +318,7 @@ def test_close_codes_are_unique_and_complete() -> None:
         (1000, False),
         (1002, False),
         (1003, False),
+        (1007, False),  # the same bytes would be invalid again
         (1008, False),
         (1009, False),  # the same message would be too big again
         (1011, True),

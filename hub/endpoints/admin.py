@@ -38,16 +38,15 @@ async def list_audit(request: Request) -> Response:
 async def delete_session(request: Request) -> Response:
     ctx = context(request)
     session_id = parse_uuid(request.path_params["session_id"], "session")
-    # Close the live session first, so no mirror can write to it while it is erased.
-    ctx.live.erase(session_id)
-    try:
-        async with ctx.sessionmaker() as db:
-            existed = await repository.erase_session(db, session_id)
-    except Exception:
-        ctx.live.erased.discard(session_id)  # still there: usable again
-        raise
+    # The rows go first, in one transaction. Only once that committed are the live clients
+    # told 4004 ("never come back"): if storage fails, nothing changed, the answer is 503 and
+    # the mirror goes on streaming. Frames it sends between the commit and the close fail
+    # their foreign key when flushed and are dropped with the session.
+    async with ctx.sessionmaker() as db:
+        existed = await repository.erase_session(db, session_id)
     if not existed:
         raise not_found("session")
+    ctx.live.erase(session_id)  # here and, through the backplane, on every node
     # The erasure itself is audited, without naming the session (nothing of it may remain).
     principal: Principal = request.state.principal
     async with ctx.sessionmaker() as db:
@@ -86,8 +85,10 @@ OPERATIONS = [
         delete_session,
         Deleted,
         params=(uuid_path("session_id", "session"),),
-        errors=(404,),
+        errors=(404, 503),
         roles=("admin",),
-        description="A live session is closed first (its clients get close code 4004).",
+        description="Once the erasure is committed, the session's live clients are closed "
+        "with close code 4004. While the database is unavailable the answer is 503 and "
+        "nothing changes.",
     ),
 ]

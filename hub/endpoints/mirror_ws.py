@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 from starlette.websockets import WebSocket
 
 from hub import closecodes, metrics
 from hub.context import HubContext, context
-from hub.endpoints.ws_common import handshake, limit_per_client, welcome
+from hub.endpoints.ws_common import connection_lifetime, handshake, welcome
 from hub.frames import (
     End,
     Hello,
@@ -18,9 +20,10 @@ from hub.frames import (
     error_message,
     frames_of,
 )
+from hub.live.admission import Ticket
 from hub.live.connection import close
-from hub.live.hub import SessionUnavailable
-from hub.live.session import LiveSession
+from hub.live.hub import LiveHub, SessionUnavailable
+from hub.live.session import LiveSession, MirrorLink
 
 log = logging.getLogger("hub.mirror")
 
@@ -28,11 +31,11 @@ log = logging.getLogger("hub.mirror")
 MAX_ERRORS_IN_A_ROW = 20
 
 
-@limit_per_client
-async def mirror_endpoint(websocket: WebSocket) -> None:
+@connection_lifetime
+async def mirror_endpoint(websocket: WebSocket, ticket: Ticket) -> None:
     ctx = context(websocket)
     live_hub = ctx.live
-    opened = await handshake(websocket, ctx, "mirror")
+    opened = await handshake(websocket, ctx, "mirror", ticket)
     if opened is None:
         return
     session_id, _hello, _principal = opened
@@ -57,10 +60,24 @@ async def _stream(
         await close(websocket, closecodes.RESTART)
         return
     link = await live_hub.attach_mirror(live)
-    await websocket.send_text(
-        welcome(live, "mirror", live.last_accepted, ctx.settings, live_hub.cluster.node)
-    )
-    log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
+    # From here on the session has this mirror; whatever happens (the peer may be gone before
+    # the welcome is out), the `finally` lets go of it.
+    try:
+        await websocket.send_text(
+            welcome(live, "mirror", live.last_accepted, ctx.settings, live_hub.cluster.node)
+        )
+        log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
+        await live_hub.serve(websocket, link.outbox, _reader(ctx, live, link), link)
+    finally:
+        live_hub.detach_mirror(live, link)
+        log.info("mirror disconnected session=%s stored_seq=%d", session_id, live.stored_seq)
+
+
+def _reader(
+    ctx: HubContext, live: LiveSession, link: MirrorLink
+) -> Callable[[str], Awaitable[None]]:
+    """What the mirror connection does with each text message."""
+    live_hub = ctx.live
     errors_in_a_row = 0
 
     async def on_text(text: str) -> None:
@@ -74,8 +91,7 @@ async def _stream(
             if isinstance(msg, Hello):
                 raise ProtocolError("unexpected_hello", "hello was already received")
             if isinstance(msg, End):
-                link.outbox.push(await live_hub.end(live, msg.last_seq))
-                link.outbox.close(closecodes.NORMAL, "session ended", flush=True)
+                await _end(live_hub, live, link, msg.last_seq)
                 return
             frames = frames_of(msg)
             # Backpressure: while the buffer is full this socket is not read, so TCP slows
@@ -94,8 +110,21 @@ async def _stream(
             if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                 link.outbox.close(closecodes.TOO_MANY_ERRORS, flush=True)
 
+    return on_text
+
+
+async def _end(live_hub: LiveHub, live: LiveSession, link: MirrorLink, last_seq: int) -> None:
     try:
-        await live_hub.serve(websocket, link.outbox, on_text, link)
-    finally:
-        live_hub.detach_mirror(live, link)
-        log.info("mirror disconnected session=%s stored_seq=%d", session_id, live.stored_seq)
+        ended = await live_hub.end(live, last_seq)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # The frames are stored, the end is not: the session goes on. The mirror reconnects
+        # (1011) and sends `end` again.
+        log.warning(
+            "end of session=%s not stored (%s); the mirror sends it again",
+            live.id,
+            type(exc).__name__,
+        )
+        link.outbox.close(closecodes.INTERNAL, "storage unavailable; send end again")
+        return
+    link.outbox.push(ended)
+    link.outbox.close(closecodes.NORMAL, "session ended", flush=True)

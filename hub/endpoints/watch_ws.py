@@ -10,8 +10,9 @@ from starlette.websockets import WebSocket
 from hub import closecodes
 from hub.auth import Principal
 from hub.context import HubContext, context
-from hub.endpoints.ws_common import handshake, limit_per_client, welcome
+from hub.endpoints.ws_common import PEER_GONE, connection_lifetime, handshake, welcome
 from hub.frames import Ended, Hello, ProtocolError, encode, error_message
+from hub.live.admission import Ticket
 from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Watcher
@@ -21,11 +22,11 @@ from hub.storage import repository
 log = logging.getLogger("hub.watch")
 
 
-@limit_per_client
-async def watch_endpoint(websocket: WebSocket) -> None:
+@connection_lifetime
+async def watch_endpoint(websocket: WebSocket, ticket: Ticket) -> None:
     ctx = context(websocket)
     live_hub = ctx.live
-    opened = await handshake(websocket, ctx, "watcher")
+    opened = await handshake(websocket, ctx, "watcher", ticket)
     if opened is None:
         return
     try:
@@ -73,26 +74,28 @@ async def _watch(
     # the catch-up planned here and the live tail the watcher's outbox starts receiving.
     watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
     live_hub.join(live, watcher)
-    last_seq = live.room.seq  # what this node's room has published, from any node
-    # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
-    # after the join, or ended while this node's room still fills a gap, reaches this
-    # watcher through its outbox, like any other message.)
-    ended_at_join = live.ended and live.end_after is None
-    greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
-    if hello.since is None:
-        catch_up_db = None
-        catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]
-    else:
-        catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
+    try:  # from here on the watcher counts in presence: `leave` whatever happens
+        last_seq = live.room.seq  # what this node's room has published, from any node
+        # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
+        # after the join, or ended while this node's room still fills a gap, reaches this
+        # watcher through its outbox, like any other message.)
+        ended_at_join = live.ended and live.end_after is None
+        greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
+        if hello.since is None:
+            catch_up_db = None
+            catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]
+        else:
+            catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
 
-    try:
         try:
             await websocket.send_text(greeting)
             if catch_up_db is not None:
                 await _send_stored(websocket, live_hub, live, *catch_up_db)
             for text in catch_up_memory:
                 await websocket.send_text(text)
-        except Exception as exc:  # storage or socket failed mid catch-up: resume later
+        except PEER_GONE:
+            raise  # the watcher left: nothing to say to it
+        except Exception as exc:  # storage failed mid catch-up: resume later
             log.warning("catch-up for session=%s failed: %s", session_id, type(exc).__name__)
             await close(websocket, closecodes.INTERNAL, "catch-up failed; resume with since")
             return

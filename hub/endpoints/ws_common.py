@@ -1,13 +1,18 @@
-"""What the mirror and watcher WebSocket endpoints share: the handshake."""
+"""What the mirror and watcher WebSocket endpoints share: a connection's lifetime (its
+place among the connection limits, the one try/finally from accept to close) and the
+handshake."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from starlette.websockets import WebSocket
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from uvicorn.protocols.utils import ClientDisconnected
 
 from hub import closecodes
 from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal
@@ -21,9 +26,15 @@ from hub.frames import (
     encode,
     error_message,
 )
+from hub.live.admission import Ticket
 from hub.live.connection import close
 from hub.live.session import LiveSession
 from hub.settings import Settings
+
+log = logging.getLogger("hub.ws")
+
+# What a send or receive on a socket whose peer has gone raises (Starlette, uvicorn).
+PEER_GONE = (WebSocketDisconnect, WebSocketDisconnected, ClientDisconnected)
 
 
 async def send_error(websocket: WebSocket, exc: ProtocolError) -> None:
@@ -45,7 +56,7 @@ def origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
 
 
 async def handshake(
-    websocket: WebSocket, ctx: HubContext, role: Literal["mirror", "watcher"]
+    websocket: WebSocket, ctx: HubContext, role: Literal["mirror", "watcher"], ticket: Ticket
 ) -> tuple[uuid.UUID, Hello, Principal] | None:
     """Check the Origin, accept, read `hello`, check its credential for this session.
     On failure the socket is closed (or the upgrade refused) and None returned."""
@@ -53,18 +64,20 @@ async def handshake(
         # Before accept, a close is answered as HTTP 403 to the upgrade request.
         await websocket.close(closecodes.POLICY.code, "origin not allowed")
         return None
-    timeout_s = ctx.settings.hello_timeout_s
     await websocket.accept()
     try:
         session_id = uuid.UUID(websocket.path_params["session_id"])
     except ValueError:
         await close(websocket, closecodes.UNKNOWN_SESSION, "session id is not a UUID")
         return None
-    try:
-        async with asyncio.timeout(timeout_s):
-            message = await websocket.receive()
-    except TimeoutError:
-        await close(websocket, closecodes.HELLO_TIMEOUT)
+    message = await _first_message(websocket, ticket, ctx.settings.hello_timeout_s)
+    if message is None:
+        if ticket.evicted.is_set():
+            await close(
+                websocket, closecodes.TOO_MANY_CONNECTIONS, "too many connections waiting for hello"
+            )
+        else:
+            await close(websocket, closecodes.HELLO_TIMEOUT)
         return None
     if message["type"] == "websocket.disconnect":
         return None
@@ -97,7 +110,25 @@ async def handshake(
     if isinstance(principal, str):
         await close(websocket, closecodes.POLICY, principal)
         return None
+    if not ctx.live.admission.authenticate(ticket):
+        await close(websocket, closecodes.TOO_MANY_CONNECTIONS)
+        return None
     return session_id, hello, principal
+
+
+async def _first_message(websocket: WebSocket, ticket: Ticket, timeout_s: float) -> Message | None:
+    """The first message, or None if it did not come in time or a newer socket of the same
+    address took this one's place (see `Admission`)."""
+    receive = asyncio.ensure_future(websocket.receive())
+    evicted = asyncio.ensure_future(ticket.evicted.wait())
+    try:
+        await asyncio.wait({receive, evicted}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+    finally:
+        evicted.cancel()
+        receive.cancel()  # no-op once it is done
+    if ticket.evicted.is_set() or not receive.done() or receive.cancelled():
+        return None
+    return receive.result()
 
 
 def _authorize(
@@ -138,25 +169,35 @@ def welcome(
     ).decode()
 
 
-def limit_per_client(
-    endpoint: Callable[[WebSocket], Awaitable[None]],
+def connection_lifetime(
+    endpoint: Callable[[WebSocket, Ticket], Awaitable[None]],
 ) -> Callable[[WebSocket], Awaitable[None]]:
-    """Cap the open WebSockets per client address (HUB_MAX_CONNECTIONS_PER_CLIENT)."""
+    """One WebSocket from accept to close: its place among the connection limits
+    (`Admission`), and a peer that leaves at any moment ends it quietly, never with a
+    traceback. Whatever the endpoint holds (presence, the mirror's place) it releases in its
+    own `finally`, inside this one."""
 
-    async def limited(websocket: WebSocket) -> None:
+    async def lifetime(websocket: WebSocket) -> None:
         ctx = context(websocket)
         host = websocket.client.host if websocket.client else "unknown"
-        counts = ctx.live.connections_per_client
-        if counts[host] >= ctx.settings.max_connections_per_client:
-            await websocket.accept()
-            await close(websocket, closecodes.TOO_MANY_CONNECTIONS)
+        ticket = ctx.live.admission.admit(host)
+        if ticket is None:
+            try:
+                await websocket.accept()
+            except PEER_GONE:
+                return
+            await close(websocket, closecodes.TOO_MANY_CONNECTIONS, "hub at its connection limit")
             return
-        counts[host] += 1
         try:
-            await endpoint(websocket)
+            await endpoint(websocket, ticket)
+        except PEER_GONE:
+            log.debug("%s %s: the client left", host, websocket.url.path)
+        except Exception:
+            # A bug, not the client's doing: say so with the traceback, and close so the
+            # client resumes rather than waiting for a ping timeout.
+            log.exception("%s %s: unexpected error", host, websocket.url.path)
+            await close(websocket, closecodes.INTERNAL)
         finally:
-            counts[host] -= 1
-            if not counts[host]:
-                del counts[host]
+            ctx.live.admission.release(ticket)
 
-    return limited
+    return lifetime

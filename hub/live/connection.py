@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from hub import closecodes, metrics
 from hub.frames import Ack, encode
 from hub.live.rooms import Outbox
 from hub.live.session import MirrorLink
 
+log = logging.getLogger("hub.connection")
+
 # How long a closing connection may take to send what it still has, and its close frame.
 CLOSE_FLUSH_TIMEOUT_S = 2.0
+# The message rate is averaged over this many seconds: a client may send this long's worth
+# at once. A mirror that was cut off (or whose network stalled) for 25 s sends what it kept
+# in one burst when it is back, one message per frame if it does not batch: 750 messages at
+# 30 a second, well within the 2,000 a 200/s limit allows. A flood exhausts it in moments.
+RATE_WINDOW_S = 10.0
 
 
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 123 bytes of UTF-8
@@ -73,6 +81,7 @@ async def pump(
     try:
         await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
         reader.cancel()
+        _close_on_failure(reader, outbox)
         if outbox.close_code is not None:
             if outbox.flush_before_close:
                 await asyncio.wait({writer}, timeout=CLOSE_FLUSH_TIMEOUT_S)
@@ -86,12 +95,25 @@ async def pump(
         await asyncio.gather(writer, reader, closing, return_exceptions=True)
 
 
+def _close_on_failure(reader: asyncio.Task[None], outbox: Outbox) -> None:
+    """The reader failed (a bug, or storage failing where it was not expected): say so with
+    the traceback and close with 1011, so the client resumes instead of seeing a bare drop."""
+    if not reader.done() or reader.cancelled() or outbox.close_code is not None:
+        return
+    exc = reader.exception()
+    if exc is None or isinstance(exc, (WebSocketDisconnect, WebSocketDisconnected)):
+        return  # the peer is gone: nobody to tell
+    log.error("connection failed; closing with 1011", exc_info=exc)
+    outbox.close(closecodes.INTERNAL)
+
+
 class RateLimit:
-    """Token bucket: `rate` messages a second on average, bursts of up to twice that."""
+    """Token bucket: `rate` messages a second on average over RATE_WINDOW_S; a full bucket
+    holds that window's worth."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.capacity = 2 * rate
+        self.capacity = rate * RATE_WINDOW_S
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 

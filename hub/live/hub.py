@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -28,6 +27,7 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes, metrics
 from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
+from hub.live.admission import Admission
 from hub.live.backplane import make_backplane
 from hub.live.backplane.base import Backplane
 from hub.live.buffer import PendingFrame, WriteBuffer
@@ -82,7 +82,11 @@ class LiveHub:
         self.pool: asyncpg.Pool | None = None
         self.flusher: Flusher | None = None
         self.connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
-        self.connections_per_client: Counter[str] = Counter()
+        self.admission = Admission(
+            settings.max_connections,
+            settings.max_connections_per_client,
+            settings.max_unauthenticated_per_client,
+        )
         # Sessions being or having been erased: never loaded into memory again.
         self.erased: set[uuid.UUID] = set()
         self._shutdown_done: asyncio.Future[None] | None = None
@@ -306,7 +310,8 @@ class LiveHub:
                 self._evict_if_idle(live)
 
     def erase(self, session_id: uuid.UUID, announce: bool = True) -> None:
-        """The session is being deleted: close its clients and forget it, on every node.
+        """The session's deletion is committed: close its clients with 4004 and forget it, on
+        every node. Call it only after the commit (4004 tells clients never to come back).
         Frames of it still buffered fail their foreign key when flushed and are dropped
         (`_orphaned`)."""
         self.erased.add(session_id)
@@ -543,9 +548,8 @@ class LiveHub:
         self._end_after(live, last_seq, ended_at)
 
     def on_remote_erased(self, session_id: uuid.UUID) -> None:
-        # Not remembered as erased here: if the deletion failed, the session stays usable.
+        # Announced only after the deletion committed: it is gone for good.
         self.erase(session_id, announce=False)
-        self.erased.discard(session_id)
         if session_id in self._loading:
             self._erased_while_loading.add(session_id)
 
@@ -625,10 +629,15 @@ class LiveHub:
                         await self.flusher.drain()
                 except TimeoutError:
                     # The mirrors still hold these frames unacked and resend them to the next hub.
-                    log.error("shutdown: %d frames not stored in time", len(self.buffer))
+                    log.warning(
+                        "shutdown: %d frames not stored, mirrors will resend", len(self.buffer)
+                    )
             for live in list(self.sessions.values()):
                 if live.mirror is not None:
-                    live.mirror.outbox.close(closecodes.RESTART, flush=True)
+                    # 1012's usual reason says everything was stored: only when it is true.
+                    unstored = live.last_accepted > live.stored_seq
+                    reason = "hub shutting down; resend unacked frames" if unstored else ""
+                    live.mirror.outbox.close(closecodes.RESTART, reason, flush=True)
                 for watcher in live.room.watchers:
                     watcher.outbox.close(closecodes.RESTART, flush=True)
             if self.connections:
