@@ -47,7 +47,7 @@ except ImportError:  # orjson is optional: it is only faster
 PROTOCOL = 1
 # Close codes after which reconnecting cannot help (reconnect=False in hub/closecodes.py).
 # Any other code, including 1006 for a dropped network, means: back off, reconnect, resume.
-FINAL_CLOSE_CODES = {1000, 1002, 1003, 1008, 1009, 4001, 4004, 4005, 4029}
+FINAL_CLOSE_CODES = {1000, 1002, 1003, 1007, 1008, 1009, 4001, 4004, 4005, 4029}
 # The hub's default message size limit. Each `welcome` states the real one
 # (`max_message_bytes`); until the first welcome, frames are checked against this default.
 DEFAULT_MAX_MESSAGE_BYTES = 65_536

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 PROTOCOL = 1
 # Close codes after which reconnecting cannot help (reconnect=False in hub/closecodes.py).
 # 4032: the session already has its maximum of watchers.
-FINAL_CLOSE_CODES = {1000, 1002, 1003, 1008, 1009, 4001, 4004, 4005, 4029, 4032}
+FINAL_CLOSE_CODES = {1000, 1002, 1003, 1007, 1008, 1009, 4001, 4004, 4005, 4029, 4032}
 HANDSHAKE_TIMEOUT = 10.0
 Message = dict[str, Any]
 Callback = Callable[[Message], Awaitable[None] | None]

@@ -73,7 +73,12 @@ async def test_not_ready_before_migrations(server_url: str, tmp_path: Path) -> N
     await _admin(server_url, f'CREATE DATABASE "{name}"')
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
-        settings = Settings(database_url=url, data_dir=tmp_path, auth_secret=TEST_SECRET)
+        settings = Settings(
+            database_url=url,
+            data_dir=tmp_path,
+            auth_secret=TEST_SECRET,
+            allowed_hosts=("hub.test",),
+        )
         async with app_client(settings) as (_, client):
             response = await client.get("/health/ready")
             assert response.status_code == 503
