@@ -37,7 +37,6 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
     """Drain `outbox` (and, for a mirror, its newest ack) into the socket until a close is
     requested; the caller closes the socket. A send blocks while the peer does not read."""
     sent_ack = link.acked if link is not None else 0
-    items = outbox.items
     while True:
         await outbox.ready.wait()
         outbox.ready.clear()
@@ -47,8 +46,8 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
             await websocket.send_text(encode(Ack(seq=sent_ack)).decode())
         if outbox.close_code is not None and not outbox.flush_before_close:
             return
-        while items:
-            await websocket.send_text(items.popleft())
+        while outbox.items:
+            await websocket.send_text(outbox.pop())
         if outbox.close_code is not None:
             return
 
