@@ -65,6 +65,34 @@ async def test_tasks_and_metrics_round_trip(client: httpx.AsyncClient) -> None:
     assert all(m["task_id"] == task["id"] for m in listed_metrics)
 
 
+async def test_tasks_are_listed_in_pages(client: httpx.AsyncClient) -> None:
+    session = await make_session(client)
+    names = [f"task_{i:02}" for i in range(7)]
+    for name in names:
+        response = await client.post(f"/sessions/{session['id']}/tasks", json={"task_name": name})
+        assert response.status_code == 201
+    url = f"/sessions/{session['id']}/tasks"
+    whole = await client.get(url)  # without paging parameters: the plain list, as before
+    assert [t["task_name"] for t in whole.json()] == names and "link" not in whole.headers
+
+    seen: list[str] = []
+    response = await client.get(url, params={"limit": 3})
+    pages = 1
+    while "link" in response.headers:
+        seen += [t["task_name"] for t in response.json()]
+        link = response.headers["link"]
+        assert link.endswith('>; rel="next"') and response.headers["next-cursor"] in link
+        response = await client.get(link[1 : link.index(">")])
+        pages += 1
+    seen += [t["task_name"] for t in response.json()]
+    assert seen == names and pages == 3 and "next-cursor" not in response.headers
+
+    bad = await client.get(url, params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "cursor"
+    too_many = await client.get(url, params={"limit": 100_000})
+    assert too_many.status_code == 422 and too_many.json()["fields"][0]["field"] == "limit"
+
+
 @pytest.mark.parametrize(
     ("body", "bad_fields"),
     [

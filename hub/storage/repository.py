@@ -103,11 +103,23 @@ async def create_task(db: AsyncSession, session_id: uuid.UUID, data: TaskCreate)
     return row
 
 
-async def list_tasks(db: AsyncSession, session_id: uuid.UUID) -> Sequence[Task] | None:
+async def list_tasks(
+    db: AsyncSession, session_id: uuid.UUID, *, limit: int, cursor: str | None = None
+) -> tuple[Sequence[Task], str | None] | None:
+    """Oldest first, a page of at most `limit`, and the cursor of the next page (None: this
+    was the last); keyset pagination on (created_at, id), like `list_sessions`."""
     if await db.get(Session, session_id) is None:
         return None
     query = select(Task).where(Task.session_id == session_id).order_by(Task.created_at, Task.id)
-    return (await db.scalars(query)).all()
+    if cursor is not None:
+        at, ident = decode_cursor(cursor)
+        query = query.where(or_(Task.created_at > at, and_(Task.created_at == at, Task.id > ident)))
+    rows = (await db.scalars(query.limit(limit + 1))).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
 
 
 async def get_task(db: AsyncSession, task_id: uuid.UUID) -> Task | None:
