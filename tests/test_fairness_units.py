@@ -52,24 +52,29 @@ def per_session(batch: Sequence[PendingFrame]) -> dict[uuid.UUID, list[int]]:
 
 
 async def test_a_batch_takes_a_fair_share_from_every_waiting_session() -> None:
-    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=100)  # a batch: up to 1,000 frames
+    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=100)
     fill(buffer, A, 5_000)  # a flooding mirror's backlog
     fill(buffer, B, 30)
     fill(buffer, C, 3)
     batch = await buffer.next_batch(max_age_s=1.0)
     seqs = per_session(batch)
-    # The quiet sessions get everything they have, the flood the rest of the batch.
+    # The quiet sessions get everything they have; the flood a flush's worth, no more (its
+    # batch must not take long for the others).
     assert seqs[B] == list(range(1, 31)) and seqs[C] == [1, 2, 3]
-    assert seqs[A] == list(range(1, 100 * BACKLOG_BATCHES - 33 + 1))
-    assert len(batch) == 100 * BACKLOG_BATCHES
+    assert seqs[A] == list(range(1, 101))
 
 
-async def test_equal_backlogs_share_a_batch_equally() -> None:
+async def test_backlogs_share_a_batch_equally_up_to_its_size() -> None:
     buffer = WriteBuffer(100_000, 1 << 30, flush_frames=30)  # a batch: up to 300 frames
-    for session_id in (A, B, C):
+    sessions = [uuid.uuid4() for _ in range(BACKLOG_BATCHES * 2)]
+    for session_id in sessions:
         fill(buffer, session_id, 1_000)
     seqs = per_session(await buffer.next_batch(max_age_s=1.0))
-    assert [len(seqs[s]) for s in (A, B, C)] == [100, 100, 100]
+    assert [len(seqs[s]) for s in sessions] == [15] * len(sessions)
+    for session_id in (A, B, C):
+        fill(buffer, session_id, 10 + session_id.int % 7)  # as many ready as the flush size
+    seqs = per_session(buffer.take())
+    assert seqs.keys() == {A, B, C}  # the others have their batch in flight
 
 
 async def test_a_session_with_a_batch_in_flight_waits_and_the_others_go_on() -> None:
@@ -264,22 +269,26 @@ class Committed:
 
 
 async def test_the_flusher_takes_from_every_session_round_robin(pool: asyncpg.Pool) -> None:
-    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)  # batches of up to 500
+    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
     committed = Committed()
     flusher = Flusher(buffer, pool, 0.05, committed, lambda ids: None)
-    fill(buffer, A, 3_000)  # a backlog of six full batches
+    fill(buffer, A, 3_000)  # a backlog of 60 flushes
     fill(buffer, B, 5)
     flusher.start()
     try:
-        await committed.wait(A, 3_000)
+        await committed.wait(B, 5)
         fill(buffer, B, 5, first=6)  # B goes on streaming while A's backlog drains
         fill(buffer, C, 5)
         await committed.wait(B, 10)
         await committed.wait(C, 5)
+        a_then = committed.last_seq(A)
+        await committed.wait(A, 3_000)
     finally:
         await flusher.stop()
     first = committed.batches[0][1]
-    assert first[B] == [1, 2, 3, 4, 5] and len(first[A]) == 495
+    assert first == {A: list(range(1, 51)), B: [1, 2, 3, 4, 5]}
+    assert a_then <= 200, "B and C waited for A's backlog"
+    assert all(len(seqs.get(A, [])) <= 50 for _, seqs in committed.batches)
     count = await pool.fetchval("SELECT count(*) FROM frames")
     assert count == 3_015 and len(buffer) == 0
 

@@ -48,11 +48,12 @@ class SessionQueue:
     frames: deque[PendingFrame] = dataclasses.field(default_factory=deque)
     bytes: int = 0
     in_flight: int = 0
+    paced: bool = False  # its last batch was a full one: the next waits (see `pace_s`)
 
     @property
     def waiting(self) -> int:
-        """Frames not yet taken into a batch; 0 while the session has a batch in flight."""
-        return 0 if self.in_flight else len(self.frames)
+        """Frames a batch may take now; 0 while the session has a batch in flight or waits."""
+        return 0 if self.in_flight or self.paced else len(self.frames)
 
 
 class WriteBuffer:
@@ -63,12 +64,18 @@ class WriteBuffer:
         flush_frames: int,
         session_max_frames: int | None = None,
         session_max_bytes: int | None = None,
+        pace_s: float = 0.0,
     ) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.flush_frames = flush_frames
         self.session_max_frames = session_max_frames or max_frames
         self.session_max_bytes = session_max_bytes or max_bytes
+        # A session that filled its share of a batch (a backlog: a flood, or catching up after
+        # an outage) waits this long after the commit before its next batch. So one session
+        # is stored at most `flush_frames` per `pace_s`, and cannot keep storage and the hub
+        # busy flat out; a mirror at 30 frames/s never fills a share.
+        self.pace_s = pace_s
         self._queues: dict[uuid.UUID, SessionQueue] = {}
         self._frames = 0
         self._bytes = 0
@@ -116,7 +123,7 @@ class WriteBuffer:
         self._frames += 1
         self._bytes += size
         self.peak_frames = max(self.peak_frames, self._frames)
-        if not queue.in_flight:
+        if not queue.in_flight and not queue.paced:
             self._ready += 1
             self._has_ready.set()
             if self._ready >= self.flush_frames:
@@ -125,8 +132,9 @@ class WriteBuffer:
     async def next_batch(self, max_age_s: float) -> list[PendingFrame]:
         """Wait until a batch is due (full, or its oldest frame is `max_age_s` old); take it.
 
-        With a backlog (storage was slow or away) a batch takes up to BACKLOG_BATCHES times
-        the flush size, so the buffer drains in fewer round trips instead of falling behind."""
+        With a backlog of many sessions (storage was slow or away) a batch takes up to
+        BACKLOG_BATCHES times the flush size, so the buffer drains in fewer round trips
+        instead of falling behind."""
         await self._has_ready.wait()
         if self._ready < self.flush_frames:
             age = time.monotonic() - self._oldest_ready()
@@ -148,7 +156,8 @@ class WriteBuffer:
     def take(self) -> list[PendingFrame]:
         """The next batch: a max-min fair share of up to BACKLOG_BATCHES times the flush size
         from every session with frames waiting (a session wanting less than an equal share
-        leaves the rest to the others). Its frames stay counted until `release`."""
+        leaves the rest to the others), at most the flush size from one session. Its frames
+        stay counted until `release`."""
         ready = sorted(
             ((q.waiting, sid) for sid, q in self._queues.items() if q.waiting),
             key=lambda item: item[0],
@@ -156,11 +165,14 @@ class WriteBuffer:
         budget = self.flush_frames * BACKLOG_BATCHES
         batch: list[PendingFrame] = []
         for index, (waiting, session_id) in enumerate(ready):
-            share = max(1, budget // (len(ready) - index))
+            # At most a flush's worth from one session: a backlog makes batches of many
+            # sessions larger, never one session's batch slower for the others to wait on.
+            share = min(self.flush_frames, max(1, budget // (len(ready) - index)))
             count = min(waiting, share)
             budget -= count
             queue = self._queues[session_id]
             queue.in_flight = count
+            queue.paced = count >= self.flush_frames and self.pace_s > 0
             self._ready -= waiting  # the rest waits until this batch is released
             batch.extend(islice(queue.frames, count))
         if not self._ready:
@@ -179,7 +191,11 @@ class WriteBuffer:
                 queue.bytes -= size
                 self._bytes -= size
             self._frames -= count
-            self._settle(session_id, queue)
+            queue.in_flight = 0
+            if queue.paced and queue.frames:
+                asyncio.get_running_loop().call_later(self.pace_s, self._unpace, session_id)
+            else:
+                self._settle(session_id, queue)
         async with self._room:
             self._room.notify_all()
 
@@ -188,8 +204,21 @@ class WriteBuffer:
         for session_id in _counts(batch):
             self._settle(session_id, self._queues[session_id])
 
+    def unpace(self) -> None:
+        """No more waiting between batches (shutdown: store everything now)."""
+        self.pace_s = 0.0
+        for session_id, queue in list(self._queues.items()):
+            if queue.paced and not queue.in_flight:
+                self._settle(session_id, queue)
+
+    def _unpace(self, session_id: uuid.UUID) -> None:
+        queue = self._queues.get(session_id)
+        if queue is not None and queue.paced and not queue.in_flight:
+            self._settle(session_id, queue)
+
     def _settle(self, session_id: uuid.UUID, queue: SessionQueue) -> None:
         queue.in_flight = 0
+        queue.paced = False
         if not queue.frames:
             del self._queues[session_id]
             return

@@ -163,5 +163,6 @@ class Flusher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await asyncio.gather(*self._isolating, return_exceptions=True)
+        self.buffer.unpace()
         while batch := self.buffer.take():
             await self.flush(batch)

@@ -83,6 +83,7 @@ class LiveHub:
             settings.flush_max_frames,
             settings.buffer_session_max_frames,
             settings.buffer_session_max_bytes,
+            pace_s=settings.flush_interval_ms / 1000,
         )
         self.limits = Limits(
             tasks=settings.session_max_tasks,
@@ -250,6 +251,10 @@ class LiveHub:
         # Backpressure: while the session's share of the buffer (or the buffer) is full, its
         # mirror's socket is not read, so TCP slows that mirror down; nothing is dropped.
         await self.buffer.wait_for_room(live.id, len(frames), size)
+        if len(frames) > 1:
+            # A batch costs its mirror's reader milliseconds, and batches arriving back to
+            # back would be read without a pause: let the other connections run in between.
+            await asyncio.sleep(0)
         new = {
             f.task_id
             for f in frames
