@@ -222,8 +222,12 @@ class Room:
         key = str(frame.task_id)
         task = self.tasks.get(key)
         if task is None:
-            task = {"id": key, "task_name": frame.task_name, "metrics": {}}
-            task["duration_seconds"] = None
+            task = {
+                "id": key,
+                "task_name": frame.task_name,
+                "metrics": {},
+                "duration_seconds": None,
+            }
             self._add_task(key, task)
         task["status"] = frame.status
         if frame.duration_seconds is not None:
@@ -271,6 +275,8 @@ class Room:
         limits: Limits,
     ) -> ProtocolError | None:
         new = [name for name in values if name not in current]
+        if not new and not extra_bytes:
+            return None  # the usual frame: new values of names the session has
         is_task = current is not self.latest
         if is_task and len(current) + len(new) > limits.task_metrics:
             return ProtocolError(
