@@ -4,6 +4,7 @@ the flusher writes to the real PostgreSQL of the test run)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -138,6 +139,51 @@ async def test_the_global_bound_still_holds_over_all_sessions() -> None:
     fill(buffer, B, 40)
     assert not buffer.fits(C, 1, 10)
     assert buffer.peak_frames == 100
+
+
+async def test_the_buffers_books_stay_right_whatever_the_order_of_events() -> None:
+    """Random puts, takes, commits (whole or per session), abandons and paces: the counts the
+    flusher waits on always match the queues, and every frame leaves in seq order."""
+    rng = random.Random(7)
+    buffer = WriteBuffer(10**6, 1 << 40, flush_frames=20, pace_s=0.001)
+    sessions = [uuid.uuid4() for _ in range(5)]
+    next_seq = dict.fromkeys(sessions, 1)
+    stored = {s: 0 for s in sessions}
+    in_flight: list[list[PendingFrame]] = []
+    for _ in range(3_000):
+        action = rng.random()
+        if action < 0.5:
+            session_id = rng.choice(sessions)
+            fill(buffer, session_id, rng.randint(1, 30), first=next_seq[session_id])
+            next_seq[session_id] = buffer._queues[session_id].frames[-1].seq + 1
+        elif action < 0.7:
+            if batch := buffer.take():
+                in_flight.append(batch)
+        elif action < 0.9 and in_flight:
+            batch = in_flight.pop(rng.randrange(len(in_flight)))
+            parts = per_session(batch)
+            if rng.random() < 0.5:  # stored apart, session by session
+                for session_id in parts:
+                    await buffer.release([f for f in batch if f.session_id == session_id])
+            else:
+                await buffer.release(batch)
+            for session_id, seqs in parts.items():
+                assert seqs[0] == stored[session_id] + 1, "out of order"
+                stored[session_id] = seqs[-1]
+        elif action < 0.95 and in_flight:
+            buffer.abandon(in_flight.pop(rng.randrange(len(in_flight))))
+        else:
+            await asyncio.sleep(0.002)  # paced sessions come back
+        queues = buffer._queues.values()
+        assert buffer._ready == sum(q.waiting for q in queues)
+        assert len(buffer) == sum(len(q.frames) for q in queues)
+        assert buffer._has_ready.is_set() == (buffer._ready > 0)
+    for batch in in_flight:
+        await buffer.release(batch)
+    buffer.unpace()
+    while batch := buffer.take():
+        await buffer.release(batch)
+    assert len(buffer) == 0 and buffer._ready == 0
 
 
 # --- bytes in memory ----------------------------------------------------------------------
