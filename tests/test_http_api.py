@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hub.app import create_app
+from hub.settings import Settings
+from tests.live_support import staff_headers
 
 CHILD = {"child_name": "Alice", "child_age": 7, "child_height_cm": 122.5, "child_weight_kg": 24.0}
 
@@ -91,6 +97,37 @@ async def test_tasks_are_listed_in_pages(client: httpx.AsyncClient) -> None:
     assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "cursor"
     too_many = await client.get(url, params={"limit": 100_000})
     assert too_many.status_code == 422 and too_many.json()["fields"][0]["field"] == "limit"
+
+
+async def test_tasks_over_http_have_the_limits_of_a_live_session(
+    settings: Settings, clean_db: AsyncEngine
+) -> None:
+    limited = dataclasses.replace(settings, session_max_tasks=2, session_max_state_bytes=30_000)
+    app = create_app(limited)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://hub.test",
+            headers=staff_headers("admin"),
+        ) as client,
+    ):
+        session = await make_session(client)
+        url = f"/sessions/{session['id']}/tasks"
+        for name in ("a", "b"):
+            assert (await client.post(url, json={"task_name": name})).status_code == 201
+        refused = await client.post(url, json={"task_name": "c"})
+        assert refused.status_code == 409 and refused.json()["error"] == "too_many_tasks"
+        assert len((await client.get(url)).json()) == 2
+
+        other = await make_session(client)
+        url = f"/sessions/{other['id']}/tasks"
+        big = {f"metric_{i:03}_{'x' * 80}": 0.5 for i in range(200)}  # about 20 KB
+        first = await client.post(url, json={"task_name": "a", "metrics": big})
+        assert first.status_code == 201
+        refused = await client.post(url, json={"task_name": "b", "metrics": big})
+        assert refused.status_code == 409
+        assert refused.json()["error"] == "session_state_too_large"
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,16 @@ async def create_task(request: Request) -> Response:
         await read_body(request, ctx.settings.max_body_bytes), TaskCreate
     )
     async with ctx.sessionmaker() as db:
-        row = await repository.create_task(db, session_id, data)
+        try:
+            row = await repository.create_task(
+                db,
+                session_id,
+                data,
+                max_tasks=ctx.settings.session_max_tasks,
+                max_state_bytes=ctx.settings.session_max_state_bytes,
+            )
+        except repository.LimitReached as exc:
+            raise HTTPError(409, exc.code, str(exc)) from None
     if row is None:
         raise not_found("session")
     return json_response(task_out(row), 201)
@@ -140,8 +149,11 @@ OPERATIONS = [
             "metrics": {"accuracy": 0.92},
         },
         params=(uuid_path("session_id", "session"),),
-        errors=(404, 413, 422),
+        errors=(404, 409, 413, 422),
         roles=STAFF_AND_MIRROR,
+        description="A session has at most `HUB_SESSION_MAX_TASKS` tasks (500) of at most"
+        " `HUB_SESSION_MAX_STATE_BYTES` in all, as over the live stream: past them, 409 with"
+        " `too_many_tasks` or `session_state_too_large`.",
     ),
     Operation(
         "GET",

@@ -165,7 +165,7 @@ class LiveHub:
         # (or shows up as a gap, filled from storage) instead of falling between the two.
         await self.cluster.subscribe(session_id)
         async with self.pool.acquire() as conn:
-            state = await store.load_session_state(conn, session_id)
+            state = await store.load_session_state(conn, session_id, self.limits.tasks)
         if state is None:
             return None
         row = state["session"]

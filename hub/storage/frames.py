@@ -198,9 +198,10 @@ async def stored_tails(
 
 
 async def load_session_state(
-    conn: asyncpg.Connection, session_id: uuid.UUID
+    conn: asyncpg.Connection, session_id: uuid.UUID, max_tasks: int = 1_000_000
 ) -> dict[str, Any] | None:
-    """What a live session needs when it (re)enters memory; None if the session does not exist."""
+    """What a live session needs when it (re)enters memory; None if the session does not exist.
+    At most `max_tasks` tasks (the oldest): memory stays bounded whatever storage holds."""
     row = await conn.fetchrow(
         "SELECT id, created_at, child_name, child_age, child_height_cm, child_weight_kg,"
         " mirror_connected_at, ended_at,"
@@ -214,8 +215,9 @@ async def load_session_state(
         return None
     tasks = await conn.fetch(
         "SELECT id, task_name, status, duration_seconds, metrics::text AS metrics, created_at,"
-        " updated_at FROM tasks WHERE session_id = $1 ORDER BY created_at, id",
+        " updated_at FROM tasks WHERE session_id = $1 ORDER BY created_at, id LIMIT $2",
         session_id,
+        max_tasks,
     )
     return {"session": dict(row), "tasks": [dict(t) for t in tasks]}
 

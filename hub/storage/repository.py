@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Float, Uuid, and_, delete, func, insert, literal, or_, select
+import orjson
+from sqlalchemy import Float, String, Uuid, and_, delete, func, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.schemas import MetricsBatch, SessionCreate, TaskCreate
@@ -87,9 +88,46 @@ async def list_sessions(
     return rows, next_cursor
 
 
-async def create_task(db: AsyncSession, session_id: uuid.UUID, data: TaskCreate) -> Task | None:
+class LimitReached(Exception):
+    """The session is at one of its limits; `code` as in the live protocol's `error`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def create_task(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    data: TaskCreate,
+    *,
+    max_tasks: int,
+    max_state_bytes: int,
+) -> Task | None:
+    """The new task, or None if there is no such session. Raises LimitReached if the session
+    has `max_tasks` tasks, or its tasks would pass `max_state_bytes` (as JSON, roughly): the
+    limits a live session has, so a session filled over HTTP cannot be any larger."""
     if await db.get(Session, session_id) is None:
         return None
+    count, size = (
+        await db.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(func.length(func.cast(Task.metrics, String))), 0),
+            ).where(Task.session_id == session_id)
+        )
+    ).one()
+    if count >= max_tasks:
+        raise LimitReached(
+            "too_many_tasks", f"the session has {count} tasks; the limit is {max_tasks}"
+        )
+    # Each task also carries its name, id, status and times: about 256 bytes.
+    grown = size + (count + 1) * 256 + len(orjson.dumps(dict(data.metrics)))
+    if grown > max_state_bytes:
+        raise LimitReached(
+            "session_state_too_large",
+            f"the session's tasks would take about {grown} bytes; the limit is {max_state_bytes}",
+        )
     row = Task(
         session_id=session_id,
         task_name=data.task_name,
