@@ -260,7 +260,9 @@ class LiveHub:
             for f in frames
             if isinstance(f, TaskFrame) and str(f.task_id) not in live.room.tasks
         }
-        if not new:  # the usual case: tasks this session has already
+        # The usual case: tasks this session has already. At its task limit, `accept` refuses
+        # new ones anyway: no query for them (a flood of new ids costs storage nothing).
+        if not new or len(live.room.tasks) >= self.limits.tasks:
             return frozenset()
         key = {str(t) for t in new}
         taken = {
