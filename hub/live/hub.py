@@ -48,6 +48,7 @@ SHUTDOWN_CLOSE_TIMEOUT_S = 3.0
 STORAGE_TIMEOUT_S = 5.0
 # Checking a new task id against storage holds its mirror's next message no longer than this.
 TASK_CHECK_TIMEOUT_S = 1.0
+NO_TASKS: frozenset[uuid.UUID] = frozenset()
 FILL_RETRY_INITIAL_S = 0.02
 FILL_RETRY_MAX_S = 0.5
 PUBLIC_SESSION_FIELDS = (
@@ -255,6 +256,8 @@ class LiveHub:
             # A batch costs its mirror's reader milliseconds, and batches arriving back to
             # back would be read without a pause: let the other connections run in between.
             await asyncio.sleep(0)
+        elif not isinstance(frames[0], TaskFrame):
+            return NO_TASKS  # the usual message: one metrics frame
         new = {
             f.task_id
             for f in frames
@@ -263,7 +266,7 @@ class LiveHub:
         # The usual case: tasks this session has already. At its task limit, `accept` refuses
         # new ones anyway: no query for them (a flood of new ids costs storage nothing).
         if not new or len(live.room.tasks) >= self.limits.tasks:
-            return frozenset()
+            return NO_TASKS
         key = {str(t) for t in new}
         taken = {
             uuid.UUID(k)
@@ -285,7 +288,7 @@ class LiveHub:
         self,
         live: LiveSession,
         frames: Sequence[Frame],
-        foreign_tasks: frozenset[uuid.UUID] = frozenset(),
+        foreign_tasks: frozenset[uuid.UUID] = NO_TASKS,
     ) -> ProtocolError | None:
         """Take frames in seq order; stop at the first bad one and return its error.
 
@@ -299,7 +302,7 @@ class LiveHub:
                 live.check_seq(frame.seq)
             except ProtocolError as exc:
                 return exc
-            if frame.task_id in foreign_tasks and isinstance(frame, TaskFrame):
+            if foreign_tasks and isinstance(frame, TaskFrame) and frame.task_id in foreign_tasks:
                 return ProtocolError(
                     "task_id_in_use",
                     f"task_id {frame.task_id} is a task of another session; use a new id",

@@ -239,8 +239,8 @@ class Room:
         self.state_bytes += TASK_BYTES + len(task["task_name"])
 
     def _add_metrics(self, into: dict[str, float], values: dict[str, float]) -> None:
-        for name in values:
-            if name not in into:
+        if not values.keys() <= into.keys():  # new names (a set test in C: the usual no)
+            for name in values.keys() - into.keys():
                 self.state_bytes += METRIC_BYTES + len(name)
                 self.metric_names.add(name)
         into.update(values)
@@ -250,6 +250,8 @@ class Room:
         the mirror's frames are accepted (before `offer`), so a frame over a limit is never
         stored or published; other nodes' rooms take what that node accepted."""
         if isinstance(frame, MetricsFrame):
+            if frame.values.keys() <= self.latest.keys():
+                return None  # the usual frame: new values of names the session has
             return self._metrics_refusal(frame.seq, self.latest, frame.values, 0, limits)
         task = self.tasks.get(str(frame.task_id))
         if task is None:
