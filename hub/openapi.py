@@ -25,6 +25,7 @@ ERROR_TEXT = {
     401: "No valid credential",
     403: "Credential lacks the role or scope",
     404: "Not found (unknown or malformed id)",
+    409: "The session is at one of its limits (`error` says which)",
     413: "Request body too large",
     422: "Validation failed; `fields` names each bad field",
     503: "Database unavailable",

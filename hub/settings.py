@@ -132,10 +132,27 @@ class Settings:
     # Write buffer bounds; past either, the hub stops reading from mirrors.
     buffer_max_frames: int = 50_000
     buffer_max_bytes: int = 32 * 1_048_576
-    # Frames queued for one watcher before it is disconnected with "resume from your seq".
+    # One session's share of the write buffer; past either, only that session's mirror waits.
+    buffer_session_max_frames: int = 5_000
+    buffer_session_max_bytes: int = 4 * 1_048_576
+    # A batch of several sessions not committed after this long is stored again as one
+    # transaction per session, so one session's slow statement holds only that session.
+    flush_isolate_ms: int = 100
+    # Frames (and bytes) queued for one watcher before it is disconnected with "resume from
+    # your seq".
     watcher_queue_frames: int = 2_048
-    # Recent frames each live session keeps in memory for replay on `since`.
+    watcher_queue_bytes: int = 1_048_576
+    # Recent frames each live session keeps in memory for replay on `since`, at most this
+    # many and this many bytes.
     replay_frames: int = 4_096
+    replay_bytes: int = 1_048_576
+    # What one session may hold: distinct tasks, distinct metric names per task and per
+    # session, and the size of its state (what a watcher's snapshot carries). A frame that
+    # would pass one is refused with an `error`.
+    session_max_tasks: int = 500
+    task_max_metrics: int = 256
+    session_max_metrics: int = 1_000
+    session_max_state_bytes: int = 1_048_576
     # Seconds a client has to send `hello`.
     hello_timeout_s: int = 5
     # WebSocket ping every this many seconds; no pong within the timeout closes the connection
@@ -212,8 +229,23 @@ class Settings:
             flush_interval_ms=_int(env, "HUB_FLUSH_INTERVAL_MS", cls.flush_interval_ms),
             buffer_max_frames=_int(env, "HUB_BUFFER_MAX_FRAMES", cls.buffer_max_frames),
             buffer_max_bytes=_int(env, "HUB_BUFFER_MAX_BYTES", cls.buffer_max_bytes),
+            buffer_session_max_frames=_int(
+                env, "HUB_BUFFER_SESSION_MAX_FRAMES", cls.buffer_session_max_frames
+            ),
+            buffer_session_max_bytes=_int(
+                env, "HUB_BUFFER_SESSION_MAX_BYTES", cls.buffer_session_max_bytes
+            ),
+            flush_isolate_ms=_int(env, "HUB_FLUSH_ISOLATE_MS", cls.flush_isolate_ms),
             watcher_queue_frames=_int(env, "HUB_WATCHER_QUEUE_FRAMES", cls.watcher_queue_frames),
+            watcher_queue_bytes=_int(env, "HUB_WATCHER_QUEUE_BYTES", cls.watcher_queue_bytes),
             replay_frames=_int(env, "HUB_REPLAY_FRAMES", cls.replay_frames),
+            replay_bytes=_int(env, "HUB_REPLAY_BYTES", cls.replay_bytes),
+            session_max_tasks=_int(env, "HUB_SESSION_MAX_TASKS", cls.session_max_tasks),
+            task_max_metrics=_int(env, "HUB_TASK_MAX_METRICS", cls.task_max_metrics),
+            session_max_metrics=_int(env, "HUB_SESSION_MAX_METRICS", cls.session_max_metrics),
+            session_max_state_bytes=_int(
+                env, "HUB_SESSION_MAX_STATE_BYTES", cls.session_max_state_bytes
+            ),
             hello_timeout_s=_int(env, "HUB_HELLO_TIMEOUT_S", cls.hello_timeout_s),
             ws_ping_interval_s=_int(env, "HUB_WS_PING_INTERVAL_S", cls.ws_ping_interval_s),
             ws_ping_timeout_s=_int(env, "HUB_WS_PING_TIMEOUT_S", cls.ws_ping_timeout_s),

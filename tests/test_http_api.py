@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hub.app import create_app
+from hub.settings import Settings
+from tests.live_support import staff_headers
 
 CHILD = {"child_name": "Alice", "child_age": 7, "child_height_cm": 122.5, "child_weight_kg": 24.0}
 
@@ -63,6 +69,65 @@ async def test_tasks_and_metrics_round_trip(client: httpx.AsyncClient) -> None:
     listed_metrics = (await client.get(f"/tasks/{task['id']}/metrics")).json()
     assert {m["name"]: m["value"] for m in listed_metrics} == batch
     assert all(m["task_id"] == task["id"] for m in listed_metrics)
+
+
+async def test_tasks_are_listed_in_pages(client: httpx.AsyncClient) -> None:
+    session = await make_session(client)
+    names = [f"task_{i:02}" for i in range(7)]
+    for name in names:
+        response = await client.post(f"/sessions/{session['id']}/tasks", json={"task_name": name})
+        assert response.status_code == 201
+    url = f"/sessions/{session['id']}/tasks"
+    whole = await client.get(url)  # without paging parameters: the plain list, as before
+    assert [t["task_name"] for t in whole.json()] == names and "link" not in whole.headers
+
+    seen: list[str] = []
+    response = await client.get(url, params={"limit": 3})
+    pages = 1
+    while "link" in response.headers:
+        seen += [t["task_name"] for t in response.json()]
+        link = response.headers["link"]
+        assert link.endswith('>; rel="next"') and response.headers["next-cursor"] in link
+        response = await client.get(link[1 : link.index(">")])
+        pages += 1
+    seen += [t["task_name"] for t in response.json()]
+    assert seen == names and pages == 3 and "next-cursor" not in response.headers
+
+    bad = await client.get(url, params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "cursor"
+    too_many = await client.get(url, params={"limit": 100_000})
+    assert too_many.status_code == 422 and too_many.json()["fields"][0]["field"] == "limit"
+
+
+async def test_tasks_over_http_have_the_limits_of_a_live_session(
+    settings: Settings, clean_db: AsyncEngine
+) -> None:
+    limited = dataclasses.replace(settings, session_max_tasks=2, session_max_state_bytes=30_000)
+    app = create_app(limited)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://hub.test",
+            headers=staff_headers("admin"),
+        ) as client,
+    ):
+        session = await make_session(client)
+        url = f"/sessions/{session['id']}/tasks"
+        for name in ("a", "b"):
+            assert (await client.post(url, json={"task_name": name})).status_code == 201
+        refused = await client.post(url, json={"task_name": "c"})
+        assert refused.status_code == 409 and refused.json()["error"] == "too_many_tasks"
+        assert len((await client.get(url)).json()) == 2
+
+        other = await make_session(client)
+        url = f"/sessions/{other['id']}/tasks"
+        big = {f"metric_{i:03}_{'x' * 80}": 0.5 for i in range(200)}  # about 20 KB
+        first = await client.post(url, json={"task_name": "a", "metrics": big})
+        assert first.status_code == 201
+        refused = await client.post(url, json={"task_name": "b", "metrics": big})
+        assert refused.status_code == 409
+        assert refused.json()["error"] == "session_state_too_large"
 
 
 @pytest.mark.parametrize(

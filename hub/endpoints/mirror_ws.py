@@ -94,12 +94,12 @@ def _reader(
                 await _end(live_hub, live, link, msg.last_seq)
                 return
             frames = frames_of(msg)
-            # Backpressure: while the buffer is full this socket is not read, so TCP slows
-            # the mirror down; nothing is dropped.
-            await live_hub.buffer.wait_for_room(len(frames), len(text))
+            # Backpressure: while this session's share of the buffer is full, this socket is
+            # not read, so TCP slows the mirror down; nothing is dropped.
+            foreign_tasks = await live_hub.admit(live, frames, len(text))
             if not live_hub.accepting or live.mirror is not link:
                 return
-            error = live_hub.accept(live, frames)
+            error = live_hub.accept(live, frames, foreign_tasks)
             if error is not None:
                 raise error
             errors_in_a_row = 0

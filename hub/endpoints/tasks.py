@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -10,6 +11,7 @@ from starlette.responses import Response
 
 from hub.context import context
 from hub.endpoints.common import (
+    HTTPError,
     audit,
     decode_body,
     json_response,
@@ -18,10 +20,16 @@ from hub.endpoints.common import (
     read_body,
     require_session,
 )
-from hub.openapi import STAFF_AND_MIRROR, Operation, uuid_path
-from hub.schemas import MetricOut, MetricsBatch, TaskCreate, TaskOut
+from hub.endpoints.sessions import query_int
+from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
+from hub.schemas import FieldError, MetricOut, MetricsBatch, TaskCreate, TaskOut
 from hub.storage import repository
 from hub.storage.models import Metric, Task
+
+# A page of a session's tasks: by default as many as a live session may have (the
+# HUB_SESSION_MAX_TASKS default), so clients that read one page see every task of it.
+TASKS_PAGE = 500
+MAX_TASKS_PAGE = 1_000
 
 
 def task_out(row: Task) -> TaskOut:
@@ -50,7 +58,16 @@ async def create_task(request: Request) -> Response:
         await read_body(request, ctx.settings.max_body_bytes), TaskCreate
     )
     async with ctx.sessionmaker() as db:
-        row = await repository.create_task(db, session_id, data)
+        try:
+            row = await repository.create_task(
+                db,
+                session_id,
+                data,
+                max_tasks=ctx.settings.session_max_tasks,
+                max_state_bytes=ctx.settings.session_max_state_bytes,
+            )
+        except repository.LimitReached as exc:
+            raise HTTPError(409, exc.code, str(exc)) from None
     if row is None:
         raise not_found("session")
     return json_response(task_out(row), 201)
@@ -58,12 +75,30 @@ async def create_task(request: Request) -> Response:
 
 async def list_tasks(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
+    limit = query_int(request, "limit", TASKS_PAGE, 1, MAX_TASKS_PAGE)
+    cursor = request.query_params.get("cursor")
     async with context(request).sessionmaker() as db:
-        rows = await repository.list_tasks(db, session_id)
-    if rows is None:
+        try:
+            page = await repository.list_tasks(db, session_id, limit=limit, cursor=cursor)
+        except repository.BadCursor as exc:
+            raise HTTPError(
+                422,
+                "validation_error",
+                f"query parameter cursor: {exc}",
+                [FieldError("cursor", str(exc))],
+            ) from None
+    if page is None:
         raise not_found("session")
+    rows, next_cursor = page
     await audit(request, "read_tasks", session_id)
-    return json_response([task_out(r) for r in rows])
+    response = json_response([task_out(r) for r in rows])
+    if next_cursor is not None:
+        # The body stays a plain list (what clients of the unpaged API read); the next page
+        # is named in a header (RFC 8288), with the cursor also on its own.
+        query = urlencode({"limit": limit, "cursor": next_cursor})
+        response.headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
+        response.headers["Next-Cursor"] = next_cursor
+    return response
 
 
 async def add_metrics(request: Request) -> Response:
@@ -115,8 +150,11 @@ OPERATIONS = [
             "metrics": {"accuracy": 0.92},
         },
         params=(uuid_path("session_id", "session"),),
-        errors=(404, 413, 422),
+        errors=(404, 409, 413, 422),
         roles=STAFF_AND_MIRROR,
+        description="A session has at most `HUB_SESSION_MAX_TASKS` tasks (500) of at most"
+        " `HUB_SESSION_MAX_STATE_BYTES` in all, as over the live stream: past them, 409 with"
+        " `too_many_tasks` or `session_state_too_large`.",
     ),
     Operation(
         "GET",
@@ -126,10 +164,17 @@ OPERATIONS = [
         "tasks",
         list_tasks,
         list[TaskOut],
-        params=(uuid_path("session_id", "session"),),
-        errors=(404,),
+        params=(
+            uuid_path("session_id", "session"),
+            Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_TASKS_PAGE}),
+            Param("cursor", "query", {"type": "string"}, "`Next-Cursor` of the previous page"),
+        ),
+        errors=(404, 422),
         roles=STAFF_AND_MIRROR,
-        description="Includes the tasks of a live session as its mirror streams them.",
+        description="Includes the tasks of a live session as its mirror streams them. Pages of"
+        f" `limit` tasks ({TASKS_PAGE} by default): when there are more, the answer has a"
+        ' `Link: <…?limit=…&cursor=…>; rel="next"` header and the same cursor in'
+        " `Next-Cursor`.",
     ),
     Operation(
         "POST",

@@ -72,7 +72,9 @@ async def _watch(
 
     # From `join` to the end of the catch-up plan nothing awaits, so no frame can slip between
     # the catch-up planned here and the live tail the watcher's outbox starts receiving.
-    watcher = Watcher(ctx.settings.watcher_queue_frames, hello.since)
+    watcher = Watcher(
+        ctx.settings.watcher_queue_frames, hello.since, ctx.settings.watcher_queue_bytes
+    )
     live_hub.join(live, watcher)
     try:  # from here on the watcher counts in presence: `leave` whatever happens
         last_seq = live.room.seq  # what this node's room has published, from any node

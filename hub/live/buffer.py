@@ -1,9 +1,16 @@
 """The bounded write buffer between accepting a frame and committing it to PostgreSQL.
 
-Frames stay counted in the buffer until their batch commits, so the bound covers the batch in
-flight too: memory is bounded by `max_frames` / `max_bytes` whatever PostgreSQL does. A mirror
-reader waits for room *before* reading its next message, which turns a full buffer into TCP
-backpressure on the mirrors instead of a drop.
+Frames stay counted in the buffer until their batch commits, so the bound covers the batches
+in flight too: memory is bounded by `max_frames` / `max_bytes` whatever PostgreSQL does. A
+mirror reader waits for room *before* reading its next message, which turns a full buffer
+into TCP backpressure on the mirrors instead of a drop.
+
+Fair to every session: each session has its own queue, bounded in frames and bytes
+(`session_max_frames` / `session_max_bytes`), so one mirror's backlog pauses that mirror
+alone and never fills the whole buffer; and a batch takes a fair share from every session
+with frames waiting (max-min fair), so one session's backlog cannot crowd the others out of
+a flush. A session is in at most one batch at a time: its acks follow its commits in order,
+and a session whose batch is stuck holds nobody else's frames back.
 """
 
 from __future__ import annotations
@@ -35,53 +42,105 @@ class PendingFrame:
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
 
+@dataclasses.dataclass(slots=True)
+class SessionQueue:
+    """One session's frames in seq order; the first `in_flight` are in a batch being stored."""
+
+    frames: deque[PendingFrame] = dataclasses.field(default_factory=deque)
+    bytes: int = 0
+    in_flight: int = 0
+    paced: bool = False  # its last batch was a full one: the next waits (see `pace_s`)
+
+    @property
+    def waiting(self) -> int:
+        """Frames a batch may take now; 0 while the session has a batch in flight or waits."""
+        return 0 if self.in_flight or self.paced else len(self.frames)
+
+
 class WriteBuffer:
-    def __init__(self, max_frames: int, max_bytes: int, flush_frames: int) -> None:
+    def __init__(
+        self,
+        max_frames: int,
+        max_bytes: int,
+        flush_frames: int,
+        session_max_frames: int | None = None,
+        session_max_bytes: int | None = None,
+        pace_s: float = 0.0,
+    ) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.flush_frames = flush_frames
-        self._items: deque[PendingFrame] = deque()
+        self.session_max_frames = session_max_frames or max_frames
+        self.session_max_bytes = session_max_bytes or max_bytes
+        # A session that filled its share of a batch (a backlog: a flood, or catching up after
+        # an outage) waits this long after the commit before its next batch. So one session
+        # is stored at most `flush_frames` per `pace_s`, and cannot keep storage and the hub
+        # busy flat out; a mirror at 30 frames/s never fills a share.
+        self.pace_s = pace_s
+        self._queues: dict[uuid.UUID, SessionQueue] = {}
+        self._frames = 0
         self._bytes = 0
+        self._ready = 0  # frames a batch could take now (of sessions without one in flight)
         self._room = asyncio.Condition()
-        self._nonempty = asyncio.Event()
+        self._has_ready = asyncio.Event()
         self._full_batch = asyncio.Event()
         self.peak_frames = 0  # for tests and the benchmark: the bound was never passed
         metrics.BUFFER_MAX_FRAMES.set(max_frames)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._frames
 
-    def fits(self, frames: int, size: int) -> bool:
-        # An empty buffer takes any single message, so one message larger than the byte
-        # bound cannot wedge its mirror forever (messages are capped at the WS size limit).
-        if not self._items:
+    def session_frames(self, session_id: uuid.UUID) -> int:
+        queue = self._queues.get(session_id)
+        return len(queue.frames) if queue is not None else 0
+
+    def fits(self, session_id: uuid.UUID, frames: int, size: int) -> bool:
+        # An empty buffer (or queue) takes any single message, so one message larger than a
+        # byte bound cannot wedge its mirror forever (messages are capped at the WS size limit).
+        queue = self._queues.get(session_id)
+        if queue is not None and queue.frames:
+            if (
+                len(queue.frames) + frames > self.session_max_frames
+                or queue.bytes + size > self.session_max_bytes
+            ):
+                return False
+        if not self._frames:
             return True
-        return len(self._items) + frames <= self.max_frames and self._bytes + size <= self.max_bytes
+        return self._frames + frames <= self.max_frames and self._bytes + size <= self.max_bytes
 
-    async def wait_for_room(self, frames: int, size: int) -> None:
-        if self.fits(frames, size):
+    async def wait_for_room(self, session_id: uuid.UUID, frames: int, size: int) -> None:
+        if self.fits(session_id, frames, size):
             return
         async with self._room:
-            await self._room.wait_for(lambda: self.fits(frames, size))
+            await self._room.wait_for(lambda: self.fits(session_id, frames, size))
 
     def put(self, item: PendingFrame) -> None:
         """Append; the caller has awaited `wait_for_room` for its whole message."""
-        self._items.append(item)
-        self._bytes += len(item.text)
-        self.peak_frames = max(self.peak_frames, len(self._items))
-        metrics.BUFFER_FRAMES.set(len(self._items))
-        self._nonempty.set()
-        if len(self._items) >= self.flush_frames:
-            self._full_batch.set()
+        queue = self._queues.get(item.session_id)
+        if queue is None:
+            queue = self._queues[item.session_id] = SessionQueue()
+        queue.frames.append(item)
+        size = len(item.text)
+        queue.bytes += size
+        self._frames += 1
+        self._bytes += size
+        self.peak_frames = max(self.peak_frames, self._frames)
+        metrics.BUFFER_FRAMES.set(self._frames)
+        if not queue.in_flight and not queue.paced:
+            self._ready += 1
+            self._has_ready.set()
+            if self._ready >= self.flush_frames:
+                self._full_batch.set()
 
     async def next_batch(self, max_age_s: float) -> list[PendingFrame]:
-        """Wait until a batch is due (full, or its oldest frame is `max_age_s` old); peek it.
+        """Wait until a batch is due (full, or its oldest frame is `max_age_s` old); take it.
 
-        With a backlog (storage was slow or away) a batch takes up to BACKLOG_BATCHES times
-        the flush size, so the buffer drains in fewer round trips instead of falling behind."""
-        await self._nonempty.wait()
-        if len(self._items) < self.flush_frames:
-            age = time.monotonic() - self._items[0].enqueued
+        With a backlog of many sessions (storage was slow or away) a batch takes up to
+        BACKLOG_BATCHES times the flush size, so the buffer drains in fewer round trips
+        instead of falling behind."""
+        await self._has_ready.wait()
+        if self._ready < self.flush_frames:
+            age = time.monotonic() - self._oldest_ready()
             if age < max_age_s:
                 self._full_batch.clear()
                 try:
@@ -89,21 +148,92 @@ class WriteBuffer:
                         await self._full_batch.wait()
                 except TimeoutError:
                     pass
-        return self.peek()
+        return self.take()
 
-    def peek(self) -> list[PendingFrame]:
-        """The next batch: the oldest frames, up to BACKLOG_BATCHES times the flush size."""
-        return list(islice(self._items, self.flush_frames * BACKLOG_BATCHES))
+    def _oldest_ready(self) -> float:
+        return min(
+            (q.frames[0].enqueued for q in self._queues.values() if q.waiting),
+            default=time.monotonic(),
+        )
 
-    async def release(self, count: int) -> None:
-        """Drop the first `count` frames (their batch committed) and wake waiting mirrors."""
-        for _ in range(count):
-            self._bytes -= len(self._items.popleft().text)
-        metrics.BUFFER_FRAMES.set(len(self._items))
-        if not self._items:
-            self._nonempty.clear()
+    def take(self) -> list[PendingFrame]:
+        """The next batch: a max-min fair share of up to BACKLOG_BATCHES times the flush size
+        from every session with frames waiting (a session wanting less than an equal share
+        leaves the rest to the others), at most the flush size from one session. Its frames
+        stay counted until `release`."""
+        ready = sorted(
+            ((q.waiting, sid) for sid, q in self._queues.items() if q.waiting),
+            key=lambda item: item[0],
+        )
+        budget = self.flush_frames * BACKLOG_BATCHES
+        batch: list[PendingFrame] = []
+        for index, (waiting, session_id) in enumerate(ready):
+            # At most a flush's worth from one session: a backlog makes batches of many
+            # sessions larger, never one session's batch slower for the others to wait on.
+            share = min(self.flush_frames, max(1, budget // (len(ready) - index)))
+            count = min(waiting, share)
+            budget -= count
+            queue = self._queues[session_id]
+            queue.in_flight = count
+            queue.paced = count >= self.flush_frames and self.pace_s > 0
+            self._ready -= waiting  # the rest waits until this batch is released
+            batch.extend(islice(queue.frames, count))
+        if not self._ready:
+            self._has_ready.clear()
+        if self._ready < self.flush_frames:
             self._full_batch.clear()
-        elif len(self._items) < self.flush_frames:
-            self._full_batch.clear()
+        return batch
+
+    async def release(self, batch: list[PendingFrame]) -> None:
+        """`batch` (as `take` gave it, or the part of it for some sessions) committed: drop
+        its frames, let those sessions into the next batch, wake waiting mirrors."""
+        for session_id, count in _counts(batch).items():
+            queue = self._queues[session_id]
+            for _ in range(count):
+                size = len(queue.frames.popleft().text)
+                queue.bytes -= size
+                self._bytes -= size
+            self._frames -= count
+            queue.in_flight = 0
+            if queue.paced and queue.frames:
+                asyncio.get_running_loop().call_later(self.pace_s, self._unpace, session_id)
+            else:
+                self._settle(session_id, queue)
+        metrics.BUFFER_FRAMES.set(self._frames)
         async with self._room:
             self._room.notify_all()
+
+    def abandon(self, batch: list[PendingFrame]) -> None:
+        """`batch` was not stored (shutdown cancelled it): its frames wait for the next one."""
+        for session_id in _counts(batch):
+            self._settle(session_id, self._queues[session_id])
+
+    def unpace(self) -> None:
+        """No more waiting between batches (shutdown: store everything now)."""
+        self.pace_s = 0.0
+        for session_id, queue in list(self._queues.items()):
+            if queue.paced and not queue.in_flight:
+                self._settle(session_id, queue)
+
+    def _unpace(self, session_id: uuid.UUID) -> None:
+        queue = self._queues.get(session_id)
+        if queue is not None and queue.paced and not queue.in_flight:
+            self._settle(session_id, queue)
+
+    def _settle(self, session_id: uuid.UUID, queue: SessionQueue) -> None:
+        queue.in_flight = 0
+        queue.paced = False
+        if not queue.frames:
+            del self._queues[session_id]
+            return
+        self._ready += len(queue.frames)
+        self._has_ready.set()
+        if self._ready >= self.flush_frames:
+            self._full_batch.set()
+
+
+def _counts(batch: list[PendingFrame]) -> dict[uuid.UUID, int]:
+    counts: dict[uuid.UUID, int] = {}
+    for frame in batch:
+        counts[frame.session_id] = counts.get(frame.session_id, 0) + 1
+    return counts

@@ -46,7 +46,6 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
     """Drain `outbox` (and, for a mirror, its newest ack) into the socket until a close is
     requested; the caller closes the socket. A send blocks while the peer does not read."""
     sent_ack = link.acked if link is not None else 0
-    items = outbox.items
     while True:
         await outbox.ready.wait()
         outbox.ready.clear()
@@ -57,10 +56,10 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
             metrics.acked(link.acked_at)
         if outbox.close_code is not None and not outbox.flush_before_close:
             return
-        if items and link is None:
-            metrics.handed_off(len(items), outbox.oldest_at)
-        while items:
-            await websocket.send_text(items.popleft())
+        if outbox.items and link is None:
+            metrics.handed_off(len(outbox.items), outbox.oldest_at)
+        while outbox.items:
+            await websocket.send_text(outbox.pop())
         if outbox.close_code is not None:
             return
 

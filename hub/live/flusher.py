@@ -4,6 +4,13 @@ While PostgreSQL is unreachable the batch stays at the head of the buffer and is
 capped exponential backoff; mirrors keep streaming (and watchers keep watching) until the
 buffer is full, then mirror readers pause. Nothing is dropped: a frame leaves the buffer only
 after the transaction that stored it has committed.
+
+A batch holds a fair share of every session's waiting frames (see WriteBuffer.take). One
+session's slow statement (a lock held on its rows, say while it is erased) would hold every
+session of its batch: a batch of several sessions that has not committed within `isolate_s`
+is rolled back and stored again as one transaction per session, in the background, and the
+next batch (the other sessions' newer frames) goes ahead meanwhile. So a slow session delays
+the others by at most one batch and `isolate_s`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ log = logging.getLogger("hub.flusher")
 
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
+STORAGE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class Flusher:
@@ -35,49 +43,81 @@ class Flusher:
         max_age_s: float,
         on_committed: Callable[[Sequence[PendingFrame]], None],
         on_orphaned: Callable[[set[uuid.UUID]], None],
+        isolate_s: float = 0.1,
     ) -> None:
         self.buffer = buffer
         self.pool = pool
         self.max_age_s = max_age_s
         self.on_committed = on_committed
         self.on_orphaned = on_orphaned
+        self.isolate_s = isolate_s
         self.failures = 0  # consecutive failed attempts; 0 while PostgreSQL answers
         self.batches = 0
         self.frames = 0
+        self.isolated = 0  # batches split per session because one of them was slow
         self._task: asyncio.Task[None] | None = None
+        self._isolating: set[asyncio.Task[None]] = set()  # one per session of a split batch
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hub-flusher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        """Stop flushing; frames of unfinished batches stay buffered (`drain` stores them)."""
+        tasks = [t for t in (self._task, *self._isolating) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             batch = await self.buffer.next_batch(self.max_age_s)
-            await self.flush(batch)
+            if len({f.session_id for f in batch}) > 1:
+                # The first attempt of a batch of several sessions has `isolate_s`.
+                try:
+                    async with asyncio.timeout(self.isolate_s):
+                        stored = await self._store(batch)
+                except TimeoutError:  # cancelled, so rolled back: nothing of it is stored
+                    self._isolate(batch)
+                    continue
+                except BaseException:
+                    self.buffer.abandon(batch)
+                    raise
+                if stored is not None:
+                    await self._done(batch, stored)
+                    continue
+            await self.flush(batch)  # storage failed: retry (all sessions wait for it alike)
 
-    async def flush(self, batch: list[PendingFrame]) -> None:
-        """Store `batch` (the head of the buffer), retrying until it commits."""
-        taken = len(batch)
+    def _isolate(self, batch: list[PendingFrame]) -> None:
+        self.isolated += 1
+        per_session: dict[uuid.UUID, list[PendingFrame]] = {}
+        for frame in batch:
+            per_session.setdefault(frame.session_id, []).append(frame)
+        log.info(
+            "a batch took over %.0f ms; storing its %d sessions apart",
+            self.isolate_s * 1000,
+            len(per_session),
+        )
+        for part in per_session.values():
+            task = asyncio.create_task(self.flush(part), name="hub-flusher-session")
+            self._isolating.add(task)
+            task.add_done_callback(self._isolating.discard)
+
+    async def _store(self, batch: list[PendingFrame]) -> list[PendingFrame] | None:
+        """One attempt: the frames stored (without those of deleted sessions), or None if
+        storage failed."""
         started = time.perf_counter()
-        delay = BACKOFF_INITIAL_S
         while True:
             try:
                 async with self.pool.acquire() as conn:
                     await store.store_batch(conn, batch)
-                break
+                metrics.flushed(len(batch), time.perf_counter() - started)
+                return batch
             except asyncpg.ForeignKeyViolationError:
                 # A session was deleted while live: its frames can never be stored.
                 batch = await self._drop_orphans(batch)
                 if not batch:
-                    break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    return batch
+            except STORAGE_ERRORS as exc:
                 self.failures += 1
                 metrics.STORAGE_FAILURES.inc()
                 if self.failures == 1 or self.failures % 20 == 0:
@@ -87,17 +127,31 @@ class Flusher:
                         type(exc).__name__,
                         self.failures,
                     )
+                return None
+
+    async def flush(self, batch: list[PendingFrame]) -> None:
+        """Store `batch` (taken from the buffer), retrying until it commits."""
+        if not batch:
+            return
+        delay = BACKOFF_INITIAL_S
+        try:
+            while (stored := await self._store(batch)) is None:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, BACKOFF_MAX_S)
+        except BaseException:
+            self.buffer.abandon(batch)
+            raise
+        await self._done(batch, stored)
+
+    async def _done(self, taken: list[PendingFrame], stored: list[PendingFrame]) -> None:
         if self.failures:
             log.info("storage is back after %d failed attempts", self.failures)
         self.failures = 0
         self.batches += 1
-        self.frames += len(batch)
-        metrics.flushed(len(batch), time.perf_counter() - started)
+        self.frames += len(stored)
         await self.buffer.release(taken)
-        if batch:
-            self.on_committed(batch)
+        if stored:
+            self.on_committed(stored)
 
     async def _drop_orphans(self, batch: list[PendingFrame]) -> list[PendingFrame]:
         async with self.pool.acquire() as conn:
@@ -108,7 +162,12 @@ class Flusher:
         return [f for f in batch if f.session_id in alive]
 
     async def drain(self) -> None:
-        """Store everything buffered now (shutdown): the loop is stopped first."""
-        await self.stop()
-        while len(self.buffer):
-            await self.flush(self.buffer.peek())
+        """Store everything buffered now (shutdown): the loop is stopped first, batches
+        being stored apart finish first."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._isolating, return_exceptions=True)
+        self.buffer.unpace()
+        while batch := self.buffer.take():
+            await self.flush(batch)

@@ -34,7 +34,7 @@ from hub.live.buffer import PendingFrame, WriteBuffer
 from hub.live.cluster import Cluster, PresenceNote
 from hub.live.connection import pump
 from hub.live.flusher import Flusher
-from hub.live.rooms import Outbox, RemotePresence, Room, Watcher
+from hub.live.rooms import Limits, Outbox, RemotePresence, Room, Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.schemas import LiveStats
 from hub.settings import Settings
@@ -46,6 +46,9 @@ SHUTDOWN_FLUSH_TIMEOUT_S = 20.0
 SHUTDOWN_CLOSE_TIMEOUT_S = 3.0
 # A storage call on the way of a connecting client waits no longer than this.
 STORAGE_TIMEOUT_S = 5.0
+# Checking a new task id against storage holds its mirror's next message no longer than this.
+TASK_CHECK_TIMEOUT_S = 1.0
+NO_TASKS: frozenset[uuid.UUID] = frozenset()
 FILL_RETRY_INITIAL_S = 0.02
 FILL_RETRY_MAX_S = 0.5
 PUBLIC_SESSION_FIELDS = (
@@ -76,7 +79,18 @@ class LiveHub:
         self.sessions: dict[uuid.UUID, LiveSession] = {}
         self._loading: dict[uuid.UUID, asyncio.Future[LiveSession | None]] = {}
         self.buffer = WriteBuffer(
-            settings.buffer_max_frames, settings.buffer_max_bytes, settings.flush_max_frames
+            settings.buffer_max_frames,
+            settings.buffer_max_bytes,
+            settings.flush_max_frames,
+            settings.buffer_session_max_frames,
+            settings.buffer_session_max_bytes,
+            pace_s=settings.flush_interval_ms / 1000,
+        )
+        self.limits = Limits(
+            tasks=settings.session_max_tasks,
+            task_metrics=settings.task_max_metrics,
+            session_metrics=settings.session_max_metrics,
+            state_bytes=settings.session_max_state_bytes,
         )
         self.accepting = True
         self.pool: asyncpg.Pool | None = None
@@ -104,6 +118,7 @@ class LiveHub:
             self.settings.flush_interval_ms / 1000,
             self._committed,
             self._orphaned,
+            isolate_s=self.settings.flush_isolate_ms / 1000,
         )
         self.flusher.start()
         await self.cluster.start(self, self._beat, self._maintain)
@@ -155,7 +170,7 @@ class LiveHub:
         # (or shows up as a gap, filled from storage) instead of falling between the two.
         await self.cluster.subscribe(session_id)
         async with self.pool.acquire() as conn:
-            state = await store.load_session_state(conn, session_id)
+            state = await store.load_session_state(conn, session_id, self.limits.tasks)
         if state is None:
             return None
         row = state["session"]
@@ -168,9 +183,11 @@ class LiveHub:
             self.settings.replay_frames,
             seq=row["last_seq"],
             max_pending=self.settings.replay_frames,
+            replay_bytes=self.settings.replay_bytes,
+            latest=orjson.loads(row["last_metrics"]).get("values", {})
+            if row["last_metrics"]
+            else None,
         )
-        if row["last_metrics"]:
-            room.latest.update(orjson.loads(row["last_metrics"]).get("values", {}))
         live = LiveSession(session_id, row["last_seq"], row["ended_at"] is not None, room)
         if session_id in self.erased or session_id in self._erased_while_loading:
             self._erased_while_loading.discard(session_id)
@@ -230,10 +247,58 @@ class LiveHub:
         if live.detach_mirror(link):
             self._announce(live)
 
-    def accept(self, live: LiveSession, frames: Sequence[Frame]) -> ProtocolError | None:
+    async def admit(
+        self, live: LiveSession, frames: Sequence[Frame], size: int
+    ) -> frozenset[uuid.UUID]:
+        """Before `accept`: wait for room in the buffer for a message of `frames` (`size`
+        bytes) from this session's mirror, and return the task ids among them that belong to
+        another session (`accept` refuses their frames)."""
+        # Backpressure: while the session's share of the buffer (or the buffer) is full, its
+        # mirror's socket is not read, so TCP slows that mirror down; nothing is dropped.
+        await self.buffer.wait_for_room(live.id, len(frames), size)
+        if len(frames) > 1:
+            # A batch costs its mirror's reader milliseconds, and batches arriving back to
+            # back would be read without a pause: let the other connections run in between.
+            await asyncio.sleep(0)
+        elif not isinstance(frames[0], TaskFrame):
+            return NO_TASKS  # the usual message: one metrics frame
+        new = {
+            f.task_id
+            for f in frames
+            if isinstance(f, TaskFrame) and str(f.task_id) not in live.room.tasks
+        }
+        # The usual case: tasks this session has already. At its task limit, `accept` refuses
+        # new ones anyway: no query for them (a flood of new ids costs storage nothing).
+        if not new or len(live.room.tasks) >= self.limits.tasks:
+            return NO_TASKS
+        key = {str(t) for t in new}
+        taken = {
+            uuid.UUID(k)
+            for other in self.sessions.values()
+            if other is not live
+            for k in key & other.room.tasks.keys()
+        }
+        assert self.pool is not None
+        try:
+            async with asyncio.timeout(TASK_CHECK_TIMEOUT_S), self.pool.acquire() as conn:
+                taken |= await store.tasks_of_other_sessions(conn, live.id, list(new - taken))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            # Storage is down: streaming goes on (invariant 5). Should the id be another
+            # session's after all, storage leaves that session's row alone.
+            pass
+        return frozenset(taken)
+
+    def accept(
+        self,
+        live: LiveSession,
+        frames: Sequence[Frame],
+        foreign_tasks: frozenset[uuid.UUID] = NO_TASKS,
+    ) -> ProtocolError | None:
         """Take frames in seq order; stop at the first bad one and return its error.
 
-        Never awaits: the caller has already waited for room in the buffer.
+        Never awaits: the caller has already waited for room in the buffer (`admit`). A
+        frame over one of the session's limits, or naming another session's task, is
+        refused: not stored, not published, not acked; the frames before it are taken.
         """
         received_at = datetime.now(UTC)
         for frame in frames:
@@ -241,6 +306,18 @@ class LiveHub:
                 live.check_seq(frame.seq)
             except ProtocolError as exc:
                 return exc
+            if foreign_tasks and isinstance(frame, TaskFrame) and frame.task_id in foreign_tasks:
+                return ProtocolError(
+                    "task_id_in_use",
+                    f"task_id {frame.task_id} is a task of another session; use a new id",
+                    frame.seq,
+                    frame.seq,
+                )
+            # Counted on what the room has published: frames still waiting there behind a
+            # gap (a mirror that just moved to this node) are not counted yet.
+            refusal = live.room.refusal(frame, self.limits)
+            if refusal is not None:
+                return refusal
             text = encode(frame).decode()
             is_task = isinstance(frame, TaskFrame)
             live.last_accepted = frame.seq

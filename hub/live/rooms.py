@@ -30,6 +30,25 @@ from hub.frames import (
     encode,
 )
 
+# Defaults of the byte bounds, for callers (tests) that give only the frame bounds.
+DEFAULT_QUEUE_BYTES = 1 << 20
+DEFAULT_REPLAY_BYTES = 1 << 20
+# What a snapshot spends on a task besides its metrics (id, status, times, JSON syntax), and
+# on one metric entry besides its name (quotes, colon, the longest number, a comma). The
+# state's size is counted with these, so it stays an upper bound of the snapshot's.
+TASK_BYTES = 256
+METRIC_BYTES = 28
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one session may hold in memory (and so in its snapshot and its tasks rows)."""
+
+    tasks: int = 500  # distinct task ids
+    task_metrics: int = 256  # distinct result-metric names of one task
+    session_metrics: int = 1_000  # distinct metric names over the session's values and tasks
+    state_bytes: int = 1 << 20  # the snapshot's tasks and latest values, in bytes
+
 
 @dataclasses.dataclass
 class RemotePresence:
@@ -39,11 +58,14 @@ class RemotePresence:
 
 
 class Outbox:
-    """A bounded queue of JSON texts for one connection, drained by that connection's writer."""
+    """A queue of JSON texts for one connection, drained by that connection's writer; bounded
+    in messages and in bytes (past either, the connection is closed with LAGGING)."""
 
-    def __init__(self, bound: int) -> None:
+    def __init__(self, bound: int, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
         self.bound = bound
+        self.max_bytes = max_bytes
         self.items: deque[str] = deque()
+        self.queued_bytes = 0
         self.ready = asyncio.Event()
         self.closing = asyncio.Event()  # set once a close is requested
         self.close_code: closecodes.CloseCode | None = None
@@ -54,14 +76,23 @@ class Outbox:
     def push(self, text: str) -> bool:
         if self.close_code is not None:
             return False
-        if len(self.items) >= self.bound:
+        if len(self.items) >= self.bound or (
+            self.items and self.queued_bytes + len(text) > self.max_bytes
+        ):
             self.close(closecodes.LAGGING, "send queue full; reconnect with since=<last seq>")
             return False
         if not self.items:
             self.oldest_at = time.perf_counter()
+        self.queued_bytes += len(text)
         self.items.append(text)
         self.ready.set()
         return True
+
+    def pop(self) -> str:
+        """The oldest queued text, for the writer."""
+        text = self.items.popleft()
+        self.queued_bytes -= len(text)
+        return text
 
     def close(self, code: closecodes.CloseCode, reason: str = "", flush: bool = False) -> None:
         """Ask the writer to close the socket, after sending what is queued if `flush`;
@@ -75,8 +106,8 @@ class Outbox:
 
 
 class Watcher:
-    def __init__(self, bound: int, since: int | None) -> None:
-        self.outbox = Outbox(bound)
+    def __init__(self, bound: int, since: int | None, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+        self.outbox = Outbox(bound, max_bytes)
         # Frames at or below this seq were already seen (a resume after a hub restart can
         # see the mirror resend frames the watcher got before): skip them.
         self.skip_upto = since or 0
@@ -98,10 +129,21 @@ class Room:
         replay_frames: int,
         seq: int,
         max_pending: int,
+        replay_bytes: int = DEFAULT_REPLAY_BYTES,
+        latest: dict[str, float] | None = None,
     ):
         self.session = session
-        self.tasks: dict[str, dict[str, Any]] = {str(t["id"]): t for t in tasks}
+        self.tasks: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, float] = {}
+        # What the session holds, counted as it grows (see `Limits`): every metric name in
+        # `latest` or in a task, and an upper bound of the snapshot's size.
+        self.metric_names: set[str] = set()
+        self.state_bytes = 0
+        for task in tasks:
+            stored_metrics, task["metrics"] = task["metrics"], {}
+            self._add_task(str(task["id"]), task)
+            self._add_metrics(task["metrics"], stored_metrics)
+        self._add_metrics(self.latest, latest or {})
         self.watchers: set[Watcher] = set()
         self.mirror_connected = False  # a mirror on this node
         # Other nodes' share of the presence, refreshed by their heartbeats.
@@ -114,9 +156,12 @@ class Room:
         # Frames that arrived ahead of a gap, waiting for the gap to be filled.
         self.pending: dict[int, tuple[str, Frame | None]] = {}
         self.max_pending = max_pending
+        self.pending_bytes = 0
         # Recent frames (seq, text). Trimmed only below the stored seq, so every frame that is
         # not here is in PostgreSQL: a resume reads PostgreSQL, then this log, then the outbox.
         self.log: deque[tuple[int, str]] = deque()
+        self.log_bytes = 0
+        self.replay_bytes = replay_bytes  # the log's bound in bytes, besides `replay_frames`
 
     def offer(self, seq: int, text: str | None, frame: Frame | None = None) -> None:
         """Take frame `seq` from anywhere. A repeat is ignored; a frame ahead of a gap waits
@@ -126,8 +171,14 @@ class Room:
             return
         self.wanted = max(self.wanted, seq)
         if seq > self.seq + 1 or text is None:
-            if text is not None and len(self.pending) < self.max_pending:
+            if (
+                text is not None
+                and seq not in self.pending
+                and len(self.pending) < self.max_pending
+                and self.pending_bytes + len(text) <= self.replay_bytes
+            ):
                 self.pending[seq] = (text, frame)
+                self.pending_bytes += len(text)
             return
         self._publish(seq, text, frame)
         pending = self.pending
@@ -135,12 +186,14 @@ class Room:
             entry = pending.pop(self.seq + 1, None)
             if entry is None:
                 break
+            self.pending_bytes -= len(entry[0])
             self._publish(self.seq + 1, *entry)
         if not pending:
+            self.pending_bytes = 0
             return
         # Entries at or below seq cannot be published any more (duplicates): drop them.
         for stale in [s for s in pending if s <= self.seq]:
-            del pending[stale]
+            self.pending_bytes -= len(pending.pop(stale)[0])
 
     @property
     def behind(self) -> bool:
@@ -160,27 +213,113 @@ class Room:
                 frame = decoded
         self.seq = seq
         self.log.append((seq, text))
+        self.log_bytes += len(text)
         if isinstance(frame, MetricsFrame):
-            self.latest.update(frame.values)
+            self._add_metrics(self.latest, frame.values)
         elif isinstance(frame, TaskFrame):
             self._apply_task(frame)
         for watcher in self.watchers:
             watcher.offer(seq, text)
 
     def _apply_task(self, frame: TaskFrame) -> None:
+        # In place: a frame costs what it changes, never a copy of the task's state.
         key = str(frame.task_id)
-        task = self.tasks.setdefault(
-            key, {"id": key, "task_name": frame.task_name, "metrics": {}, "duration_seconds": None}
-        )
+        task = self.tasks.get(key)
+        if task is None:
+            task = {
+                "id": key,
+                "task_name": frame.task_name,
+                "metrics": {},
+                "duration_seconds": None,
+            }
+            self._add_task(key, task)
         task["status"] = frame.status
         if frame.duration_seconds is not None:
             task["duration_seconds"] = frame.duration_seconds
-        task["metrics"] = {**task["metrics"], **frame.metrics}
+        self._add_metrics(task["metrics"], frame.metrics)
+
+    def _add_task(self, key: str, task: dict[str, Any]) -> None:
+        self.tasks[key] = task
+        self.state_bytes += TASK_BYTES + len(task["task_name"])
+
+    def _add_metrics(self, into: dict[str, float], values: dict[str, float]) -> None:
+        if not values.keys() <= into.keys():  # new names (a set test in C: the usual no)
+            for name in values.keys() - into.keys():
+                self.state_bytes += METRIC_BYTES + len(name)
+                self.metric_names.add(name)
+        into.update(values)
+
+    def refusal(self, frame: Frame, limits: Limits) -> ProtocolError | None:
+        """Why `frame` would take this session past `limits`, or None: it fits. Checked where
+        the mirror's frames are accepted (before `offer`), so a frame over a limit is never
+        stored or published; other nodes' rooms take what that node accepted."""
+        if isinstance(frame, MetricsFrame):
+            if frame.values.keys() <= self.latest.keys():
+                return None  # the usual frame: new values of names the session has
+            return self._metrics_refusal(frame.seq, self.latest, frame.values, 0, limits)
+        task = self.tasks.get(str(frame.task_id))
+        if task is None:
+            if len(self.tasks) >= limits.tasks:
+                return ProtocolError(
+                    "too_many_tasks",
+                    f"task {frame.task_id} would be this session's task number"
+                    f" {len(self.tasks) + 1}; the limit is {limits.tasks}",
+                    frame.seq,
+                    frame.seq,  # refused: the hub still expects this seq
+                )
+            return self._metrics_refusal(
+                frame.seq, {}, frame.metrics, TASK_BYTES + len(frame.task_name), limits
+            )
+        return self._metrics_refusal(frame.seq, task["metrics"], frame.metrics, 0, limits)
+
+    def _metrics_refusal(
+        self,
+        seq: int,
+        current: dict[str, float],
+        values: dict[str, float],
+        extra_bytes: int,
+        limits: Limits,
+    ) -> ProtocolError | None:
+        new = [name for name in values if name not in current]
+        if not new and not extra_bytes:
+            return None  # the usual frame: new values of names the session has
+        is_task = current is not self.latest
+        if is_task and len(current) + len(new) > limits.task_metrics:
+            return ProtocolError(
+                "too_many_metric_names",
+                f"this frame would give its task {len(current) + len(new)} metric names;"
+                f" the limit is {limits.task_metrics} per task",
+                seq,
+                seq,
+            )
+        unseen = sum(1 for name in new if name not in self.metric_names)
+        if len(self.metric_names) + unseen > limits.session_metrics:
+            return ProtocolError(
+                "too_many_metric_names",
+                f"this frame would give the session {len(self.metric_names) + unseen} metric"
+                f" names; the limit is {limits.session_metrics} per session",
+                seq,
+                seq,
+            )
+        grown = extra_bytes + sum(METRIC_BYTES + len(name) for name in new)
+        if grown and self.state_bytes + grown > limits.state_bytes:
+            return ProtocolError(
+                "session_state_too_large",
+                f"this frame would grow the session's state (its snapshot) to about"
+                f" {self.state_bytes + grown} bytes; the limit is {limits.state_bytes}",
+                seq,
+                seq,
+            )
+        return None
 
     def trim(self, stored_seq: int) -> None:
         log = self.log
-        while len(log) > self.replay_frames and log[0][0] <= stored_seq:
-            log.popleft()
+        while (
+            log
+            and (len(log) > self.replay_frames or self.log_bytes > self.replay_bytes)
+            and log[0][0] <= stored_seq
+        ):
+            self.log_bytes -= len(log.popleft()[1])
 
     def oldest_logged(self) -> int | None:
         return self.log[0][0] if self.log else None

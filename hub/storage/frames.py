@@ -3,11 +3,13 @@
 Raw asyncpg rather than the ORM: one round trip stores hundreds of frames through `unnest`
 arrays, and `ON CONFLICT DO NOTHING` on (session_id, seq) makes a resent frame a no-op. Task
 side effects (tasks rows, result metrics) apply only to frames this very statement inserted,
-so replaying a batch can never apply them twice.
+so replaying a batch can never apply them twice. They cost what the batch changes: one row
+per task it names, with only the metrics it names, never a rewrite per frame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,10 +28,14 @@ ON CONFLICT DO NOTHING
 """
 INSERT_FRAMES_RETURNING_TASKS = INSERT_FRAMES + " RETURNING session_id, seq, kind"
 
-UPSERT_TASK = """
+# One row per task of the batch, its frames merged in seq order: the latest status and
+# duration, and only the result metrics the batch names (`||` merges them into the stored
+# ones). Only into a task of the frame's own session.
+UPSERT_TASKS = """
 INSERT INTO tasks AS t (id, session_id, task_name, status, duration_seconds, metrics,
                         created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $7)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::float8[],
+                     $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
 ON CONFLICT (id) DO UPDATE SET
     status = EXCLUDED.status,
     duration_seconds = COALESCE(EXCLUDED.duration_seconds, t.duration_seconds),
@@ -38,13 +44,27 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE t.session_id = EXCLUDED.session_id
 """
 
-# Result metrics of a finished task, only if the task belongs to the frame's session.
+# Result metrics of finished tasks, only where the task belongs to the frame's session.
 INSERT_RESULT_METRICS = """
 INSERT INTO metrics (task_id, name, value, recorded_at)
-SELECT $1, m.name, m.value, $3
-FROM unnest($4::text[], $5::float8[]) AS m(name, value)
-WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND session_id = $2)
+SELECT m.task_id, m.name, m.value, m.recorded_at
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::timestamptz[])
+    AS m(task_id, session_id, name, value, recorded_at)
+WHERE EXISTS (SELECT 1 FROM tasks WHERE id = m.task_id AND session_id = m.session_id)
 """
+
+
+@dataclasses.dataclass(slots=True)
+class TaskChange:
+    """What one batch changes in one task row: its frames merged in seq order."""
+
+    session_id: uuid.UUID
+    task_name: str
+    status: str
+    duration_seconds: float | None
+    metrics: dict[str, float]
+    first_at: datetime
+    last_at: datetime
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
@@ -71,29 +91,65 @@ async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -
             for r in await conn.fetch(INSERT_FRAMES_RETURNING_TASKS, *columns)
             if r["kind"] == "task"
         }
+        changes: dict[uuid.UUID, TaskChange] = {}
+        results: tuple[list[Any], ...] = ([], [], [], [], [])
         for f in batch:
-            if f.task is None or (f.session_id, f.seq) not in inserted:
-                continue
             task = f.task
-            await conn.execute(
-                UPSERT_TASK,
-                task.task_id,
-                f.session_id,
-                task.task_name,
-                task.status,
-                task.duration_seconds,
-                orjson.dumps(task.metrics).decode(),
-                f.received_at,
-            )
-            if task.event == "finished" and task.metrics:
-                await conn.execute(
-                    INSERT_RESULT_METRICS,
-                    task.task_id,
+            if task is None or (f.session_id, f.seq) not in inserted:
+                continue
+            change = changes.get(task.task_id)
+            if change is None:
+                changes[task.task_id] = TaskChange(
                     f.session_id,
+                    task.task_name,
+                    task.status,
+                    task.duration_seconds,
+                    dict(task.metrics),
                     f.received_at,
-                    list(task.metrics),
-                    list(task.metrics.values()),
+                    f.received_at,
                 )
+            elif change.session_id != f.session_id:
+                continue  # another session's task id: its row is not this session's to change
+            else:
+                change.status = task.status
+                if task.duration_seconds is not None:
+                    change.duration_seconds = task.duration_seconds
+                change.metrics.update(task.metrics)
+                change.last_at = f.received_at
+            if task.event == "finished":
+                for name, value in task.metrics.items():
+                    for column, item in zip(
+                        results,
+                        (task.task_id, f.session_id, name, value, f.received_at),
+                        strict=True,
+                    ):
+                        column.append(item)
+        if changes:
+            await conn.execute(
+                UPSERT_TASKS,
+                list(changes),
+                [c.session_id for c in changes.values()],
+                [c.task_name for c in changes.values()],
+                [c.status for c in changes.values()],
+                [c.duration_seconds for c in changes.values()],
+                [orjson.dumps(c.metrics).decode() for c in changes.values()],
+                [c.first_at for c in changes.values()],
+                [c.last_at for c in changes.values()],
+            )
+        if results[0]:
+            await conn.execute(INSERT_RESULT_METRICS, *results)
+
+
+async def tasks_of_other_sessions(
+    conn: asyncpg.Connection, session_id: uuid.UUID, task_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of `task_ids` are stored as tasks of another session."""
+    rows = await conn.fetch(
+        "SELECT id FROM tasks WHERE id = ANY($1::uuid[]) AND session_id <> $2",
+        list(task_ids),
+        session_id,
+    )
+    return {r["id"] for r in rows}
 
 
 async def existing_sessions(conn: asyncpg.Connection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -142,9 +198,10 @@ async def stored_tails(
 
 
 async def load_session_state(
-    conn: asyncpg.Connection, session_id: uuid.UUID
+    conn: asyncpg.Connection, session_id: uuid.UUID, max_tasks: int = 1_000_000
 ) -> dict[str, Any] | None:
-    """What a live session needs when it (re)enters memory; None if the session does not exist."""
+    """What a live session needs when it (re)enters memory; None if the session does not exist.
+    At most `max_tasks` tasks (the oldest): memory stays bounded whatever storage holds."""
     row = await conn.fetchrow(
         "SELECT id, created_at, child_name, child_age, child_height_cm, child_weight_kg,"
         " mirror_connected_at, ended_at,"
@@ -158,8 +215,9 @@ async def load_session_state(
         return None
     tasks = await conn.fetch(
         "SELECT id, task_name, status, duration_seconds, metrics::text AS metrics, created_at,"
-        " updated_at FROM tasks WHERE session_id = $1 ORDER BY created_at, id",
+        " updated_at FROM tasks WHERE session_id = $1 ORDER BY created_at, id LIMIT $2",
         session_id,
+        max_tasks,
     )
     return {"session": dict(row), "tasks": [dict(t) for t in tasks]}
 

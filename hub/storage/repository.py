@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Float,
+    String,
     Uuid,
     and_,
     cast,
@@ -103,9 +105,46 @@ async def list_sessions(
     return rows, next_cursor
 
 
-async def create_task(db: AsyncSession, session_id: uuid.UUID, data: TaskCreate) -> Task | None:
+class LimitReached(Exception):
+    """The session is at one of its limits; `code` as in the live protocol's `error`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def create_task(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    data: TaskCreate,
+    *,
+    max_tasks: int,
+    max_state_bytes: int,
+) -> Task | None:
+    """The new task, or None if there is no such session. Raises LimitReached if the session
+    has `max_tasks` tasks, or its tasks would pass `max_state_bytes` (as JSON, roughly): the
+    limits a live session has, so a session filled over HTTP cannot be any larger."""
     if await db.get(Session, session_id) is None:
         return None
+    count, size = (
+        await db.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(func.length(func.cast(Task.metrics, String))), 0),
+            ).where(Task.session_id == session_id)
+        )
+    ).one()
+    if count >= max_tasks:
+        raise LimitReached(
+            "too_many_tasks", f"the session has {count} tasks; the limit is {max_tasks}"
+        )
+    # Each task also carries its name, id, status and times: about 256 bytes.
+    grown = size + (count + 1) * 256 + len(orjson.dumps(dict(data.metrics)))
+    if grown > max_state_bytes:
+        raise LimitReached(
+            "session_state_too_large",
+            f"the session's tasks would take about {grown} bytes; the limit is {max_state_bytes}",
+        )
     row = Task(
         session_id=session_id,
         task_name=data.task_name,
@@ -119,11 +158,23 @@ async def create_task(db: AsyncSession, session_id: uuid.UUID, data: TaskCreate)
     return row
 
 
-async def list_tasks(db: AsyncSession, session_id: uuid.UUID) -> Sequence[Task] | None:
+async def list_tasks(
+    db: AsyncSession, session_id: uuid.UUID, *, limit: int, cursor: str | None = None
+) -> tuple[Sequence[Task], str | None] | None:
+    """Oldest first, a page of at most `limit`, and the cursor of the next page (None: this
+    was the last); keyset pagination on (created_at, id), like `list_sessions`."""
     if await db.get(Session, session_id) is None:
         return None
     query = select(Task).where(Task.session_id == session_id).order_by(Task.created_at, Task.id)
-    return (await db.scalars(query)).all()
+    if cursor is not None:
+        at, ident = decode_cursor(cursor)
+        query = query.where(or_(Task.created_at > at, and_(Task.created_at == at, Task.id > ident)))
+    rows = (await db.scalars(query.limit(limit + 1))).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
 
 
 async def get_task(db: AsyncSession, task_id: uuid.UUID) -> Task | None:
