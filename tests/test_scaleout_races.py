@@ -459,8 +459,8 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
     read_done, release = asyncio.Event(), asyncio.Event()
     real_load = store.load_session_state
 
-    async def load_and_wait(conn: Any, sid: uuid.UUID) -> Any:
-        state = await real_load(conn, sid)
+    async def load_and_wait(conn: Any, sid: uuid.UUID, *args: Any) -> Any:
+        state = await real_load(conn, sid, *args)
         if sid == session_id and not release.is_set():
             read_done.set()
             await release.wait()
