@@ -78,9 +78,9 @@ async def stored_seqs(pgdata: Path, session_id: str) -> list[int]:
     return [r["seq"] for r in rows]
 
 
-async def health_status(hub: HubProcess) -> int:
+async def health_status(hub: HubProcess, probe: str = "/health") -> int:
     async with httpx.AsyncClient() as client:
-        return (await client.get(f"{hub.http}/health", timeout=5)).status_code
+        return (await client.get(f"{hub.http}{probe}", timeout=5)).status_code
 
 
 async def hub_command(
@@ -203,14 +203,17 @@ async def test_killed_server_comes_back_under_a_running_hub(
         async with asyncio.timeout(15):
             while True:
                 with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-                    if postmaster_pid(pgdata) != killed and await health_status(hub) == 200:
+                    if (
+                        postmaster_pid(pgdata) != killed
+                        and await health_status(hub, "/health/ready") == 200
+                    ):
                         break
                 await asyncio.sleep(0.05)  # remote state: polling is the only signal there is
         back_after = time.monotonic() - killed_at
         # ... and storage resumes: frames sent during the outage are stored and acked.
         sent = mirror.last_seq
         await mirror.wait_acked(sent, timeout=30)
-    print(f"/health 200 again {back_after:.1f} s after the kill")
+    print(f"/health/ready 200 again {back_after:.1f} s after the kill")
     assert hub.proc.poll() is None, "the hub was not restarted"
     assert "is back" in hub.logs()
     assert await stored_seqs(pgdata, session_id) == list(range(1, mirror.last_seq + 1))

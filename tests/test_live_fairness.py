@@ -295,6 +295,7 @@ async def test_growing_task_metrics_and_new_task_ids_do_not_hurt_another_session
     assert len(tasks) == 500
     assert max(len(t["metrics"]) for t in tasks) <= 256  # type: ignore[arg-type]
     assert await snapshot_bytes(hub, session_id) <= 1 << 20
+    assert "Traceback" not in hub.logs()
 
 
 async def test_a_mirror_flooding_at_its_rate_limit_does_not_delay_another_sessions_acks(
@@ -329,6 +330,7 @@ async def test_a_mirror_flooding_at_its_rate_limit_does_not_delay_another_sessio
         live = (await client.get(f"{hub.http}/health")).json()["live"]
     assert live["buffer_peak_frames"] <= 5_000 + 100
     assert memory.cpu < 0.25
+    assert "Traceback" not in hub.logs()
 
 
 @pytest.fixture(autouse=True)
