@@ -1,0 +1,95 @@
+"""The browser/Node client module (clients/js/mirror-hub.js) in Node, against real hubs.
+
+Each test runs `node --test` on a file of clients/js/test/ with the hub's URL and credentials
+in the environment, and asserts on Node's exit status (its output is shown on failure); the
+hub side (kills, restarts, storage) is done here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.js_support import CLIENT_DIR, run_node_tests
+from tests.live_support import HubProcess, create_session, staff_headers, token
+
+pytestmark = pytest.mark.slow
+
+
+async def stored_seqs(database_url: str, session_id: str) -> list[int]:
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        rows = await conn.fetch(
+            "SELECT seq FROM frames WHERE session_id = $1::uuid ORDER BY seq", session_id
+        )
+    finally:
+        await conn.close()
+    return [r["seq"] for r in rows]
+
+
+@pytest.mark.timeout(180)
+async def test_node_mirror_survives_two_sigkills(
+    start_hub: Callable[..., Awaitable[HubProcess]], database_url: str
+) -> None:
+    hub = await start_hub()
+    session_id = await create_session(hub.http)
+    kills: list[str] = []
+    restarts: list[asyncio.Task[HubProcess]] = []
+
+    async def on_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hub
+        while line := await reader.readline():
+            kills.append(line.decode().strip())
+            hub.kill()  # SIGKILL: no flush, no goodbye
+            restart = asyncio.create_task(start_hub(port=hub.port))
+            restarts.append(restart)
+            hub = await restart
+        writer.close()
+
+    control = await asyncio.start_server(on_control, "127.0.0.1", 0)
+    port = control.sockets[0].getsockname()[1]
+    try:
+        output = await run_node_tests(
+            CLIENT_DIR / "test" / "crash.live.test.mjs",
+            env={
+                "HUB_URL": hub.ws,
+                "SESSION_ID": session_id,
+                "MIRROR_TOKEN": token("mirror", session_id),
+                "CONTROL_PORT": str(port),
+                "FRAMES": "3000",
+            },
+            timeout=150,
+        )
+    finally:
+        control.close()
+        await control.wait_closed()
+    print(output)
+    assert len(kills) == 2, kills
+    assert await stored_seqs(database_url, session_id) == list(range(1, 3001))
+    assert "Traceback" not in hub.logs()
+
+
+async def test_node_contract(
+    hub_server: HubProcess, database_url: str
+) -> None:
+    """Bad use fails early; an expired token asks for a new one; backpressure never drops."""
+    expired = await create_session(hub_server.http)
+    output = await run_node_tests(
+        CLIENT_DIR / "test" / "contract.live.test.mjs",
+        env={
+            "HUB_URL": hub_server.http,
+            "STAFF_TOKEN": token("therapist"),
+            "EXPIRED_SESSION_ID": expired,
+            "EXPIRED_TOKEN": token("mirror", expired, ttl_s=-60),
+            "FRESH_TOKEN": token("mirror", expired),
+        },
+    )
+    print(output)
+    async with httpx.AsyncClient(headers=staff_headers()) as http:
+        ended = (await http.get(f"{hub_server.http}/sessions/{expired}")).json()
+    assert ended["ended_at"] is not None, "the renewed token did not stream and end the session"
+    assert await stored_seqs(database_url, expired) == [1, 2, 3]
