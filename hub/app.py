@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from hub.auth import announce, token_service
 from hub.context import HubContext
-from hub.endpoints import docs, watch_page
+from hub.endpoints import client_assets, docs, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(watch_page.routes)
+    routes.extend(client_assets.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -18,8 +18,12 @@ CLIENT_DIR = ROOT / "clients" / "js"
 def node() -> str:
     found = shutil.which("node")
     if found:
-        major = int(subprocess.run([found, "--version"], capture_output=True, text=True,
-                                   check=True).stdout.strip().lstrip("v").split(".")[0])
+        major = int(
+            subprocess.run([found, "--version"], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .lstrip("v")
+            .split(".")[0]
+        )
         if major >= 20:
             return found
     message = "Node.js 20 or newer is needed to test clients/js (apt-get install nodejs)"
@@ -32,8 +36,12 @@ def node_args(*test_files: Path) -> list[str]:
     """`node --test` for the given files; Node 20 needs a flag for its global WebSocket."""
     binary = node()
     args = [binary]
-    major = int(subprocess.run([binary, "--version"], capture_output=True, text=True,
-                               check=True).stdout.strip().lstrip("v").split(".")[0])
+    major = int(
+        subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .lstrip("v")
+        .split(".")[0]
+    )
     if major < 22:
         args.append("--experimental-websocket")
     return [*args, "--test", "--test-reporter=spec", *map(str, test_files)]

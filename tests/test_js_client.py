@@ -8,6 +8,8 @@ hub side (kills, restarts, storage) is done here.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -73,9 +75,7 @@ async def test_node_mirror_survives_two_sigkills(
     assert "Traceback" not in hub.logs()
 
 
-async def test_node_contract(
-    hub_server: HubProcess, database_url: str
-) -> None:
+async def test_node_contract(hub_server: HubProcess, database_url: str) -> None:
     """Bad use fails early; an expired token asks for a new one; backpressure never drops."""
     expired = await create_session(hub_server.http)
     output = await run_node_tests(
@@ -93,3 +93,23 @@ async def test_node_contract(
         ended = (await http.get(f"{hub_server.http}/sessions/{expired}")).json()
     assert ended["ended_at"] is not None, "the renewed token did not stream and end the session"
     assert await stored_seqs(database_url, expired) == [1, 2, 3]
+
+
+async def test_declarations_match_the_module_and_the_served_copy() -> None:
+    await run_node_tests(CLIENT_DIR / "test" / "exports.test.mjs", env={})
+
+
+def test_declarations_compile_against_real_use() -> None:
+    """`tsc --noEmit` over clients/js/test/types.check.ts (right use compiles, wrong use is an
+    error). .ci/run installs TypeScript; elsewhere: cd clients/js && npm install --no-save
+    typescript@5."""
+    tsc = CLIENT_DIR / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        message = "TypeScript not installed in clients/js (npm install --no-save typescript@5)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run(
+        [str(tsc), "-p", str(CLIENT_DIR)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
