@@ -15,42 +15,29 @@ from tests.live_support import ROOT
 CLIENT_DIR = ROOT / "clients" / "js"
 
 
-def node() -> str:
+def node_command() -> list[str]:
+    """`node`, with the flag Node 20 needs for its global WebSocket (22 has it by default)."""
     found = shutil.which("node")
     if found:
-        major = int(
-            subprocess.run([found, "--version"], capture_output=True, text=True, check=True)
-            .stdout.strip()
-            .lstrip("v")
-            .split(".")[0]
-        )
+        version = subprocess.run([found, "--version"], capture_output=True, text=True, check=True)
+        major = int(version.stdout.strip().lstrip("v").split(".")[0])
+        if major >= 22:
+            return [found]
         if major >= 20:
-            return found
+            return [found, "--experimental-websocket"]
     message = "Node.js 20 or newer is needed to test clients/js (apt-get install nodejs)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
 
 
-def node_args(*test_files: Path) -> list[str]:
-    """`node --test` for the given files; Node 20 needs a flag for its global WebSocket."""
-    binary = node()
-    args = [binary]
-    major = int(
-        subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
-        .stdout.strip()
-        .lstrip("v")
-        .split(".")[0]
-    )
-    if major < 22:
-        args.append("--experimental-websocket")
-    return [*args, "--test", "--test-reporter=spec", *map(str, test_files)]
-
-
 async def run_node_tests(*test_files: Path, env: dict[str, str], timeout: float = 110) -> str:
     """Run the files with `node --test`; fail with Node's output unless every test passed."""
     proc = await asyncio.create_subprocess_exec(
-        *node_args(*test_files),
+        *node_command(),
+        "--test",
+        "--test-reporter=spec",
+        *map(str, test_files),
         cwd=CLIENT_DIR,
         env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE,

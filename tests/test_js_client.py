@@ -16,8 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.js_support import CLIENT_DIR, run_node_tests
-from tests.live_support import HubProcess, create_session, staff_headers, token
+from tests.js_support import CLIENT_DIR, node_command, run_node_tests
+from tests.live_support import ROOT, HubProcess, create_session, staff_headers, token
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,18 @@ def test_declarations_compile_against_real_use() -> None:
         [str(tsc), "-p", str(CLIENT_DIR)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_node_example_streams_and_ends_a_session(hub_server: HubProcess) -> None:
+    """client_examples/mirror_client.mjs as the README shows it (creating the session)."""
+    proc = await asyncio.create_subprocess_exec(
+        *node_command(),
+        str(ROOT / "client_examples" / "mirror_client.mjs"),
+        *("--url", hub_server.http, "--token", token("therapist"), "--seconds", "1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "ended at seq 32" in text, text
