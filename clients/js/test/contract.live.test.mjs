@@ -135,13 +135,39 @@ test("a watcher of an ended session replays it once and stops; batches are accep
   const watcher = new WatcherClient({ url: HUB_URL, sessionId: session.id, token: STAFF_TOKEN, since: 0 });
   const seen = [];
   watcher.addEventListener("frame", (e) => seen.push(e.detail.seq));
+  const ended = once(watcher, "ended");
   watcher.start();
-  await once(watcher, "ended");
+  await ended;
   assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => i + 1));
   // Protocol 2 batches: a batch of frames counts like single frames (dedup and all).
   watcher.onMessage({ type: "batch", frames: [{ type: "metrics", seq: 20, values: {} }] });
   assert.equal(watcher.duplicates, 1);
   assert.equal(watcher.state, "ended");
+});
+
+test("a watcher never shows a gap: it drops the connection and resumes with since", async () => {
+  const session = await createSession();
+  const mirror = new MirrorClient({ url: HUB_URL, sessionId: session.id, token: session.mirror_token });
+  await mirror.start();
+  for (let i = 1; i <= 20; i++) mirror.send({ type: "metrics", values: { accuracy: i / 100 } });
+  await mirror.flush();
+  const watcher = new WatcherClient({ url: HUB_URL, sessionId: session.id, token: STAFF_TOKEN, since: 0, backoffInitialMs: 10 });
+  const seen = [];
+  let welcomes = 0;
+  watcher.addEventListener("welcome", () => (welcomes += 1));
+  watcher.addEventListener("frame", (e) => seen.push([e.detail.seq, e.detail.values.accuracy]));
+  watcher.start();
+  while (seen.length < 20) await once(watcher, "frame");
+  // A frame that skips ahead (as a broken relay would deliver it) is not shown; the watcher
+  // reconnects with since=20 and the hub sends what really follows.
+  watcher.onMessage({ type: "metrics", seq: 25, ts: 1, values: { accuracy: 9 } });
+  assert.equal(watcher.gaps, 1);
+  while (welcomes < 2) await once(watcher, "welcome");
+  const ended = once(watcher, "ended");
+  for (let i = 21; i <= 30; i++) mirror.send({ type: "metrics", values: { accuracy: i / 100 } });
+  await mirror.end();
+  await ended;
+  assert.deepEqual(seen, Array.from({ length: 30 }, (_, i) => [i + 1, (i + 1) / 100]));
 });
 
 test("the base URL may be http(s) or ws(s); anything else is refused at construction", () => {
