@@ -75,6 +75,24 @@ async def test_node_mirror_survives_two_sigkills(
     assert "Traceback" not in hub.logs()
 
 
+async def test_node_mirror_resends_only_after_welcome_last_seq(
+    start_hub: Callable[..., Awaitable[HubProcess]], database_url: str
+) -> None:
+    # The hub commits (and acks) only every 1.5 s, so the client's reconnect finds frames
+    # accepted but not committed: welcome.acked_seq < welcome.last_seq.
+    hub = await start_hub(HUB_FLUSH_INTERVAL_MS="1500", HUB_FLUSH_MAX_FRAMES="100000")
+    session_id = await create_session(hub.http)
+    await run_node_tests(
+        CLIENT_DIR / "test" / "resume.live.test.mjs",
+        env={
+            "HUB_URL": hub.ws,
+            "SESSION_ID": session_id,
+            "MIRROR_TOKEN": token("mirror", session_id),
+        },
+    )
+    assert await stored_seqs(database_url, session_id) == list(range(1, 111))
+
+
 async def test_node_contract(hub_server: HubProcess, database_url: str) -> None:
     """Bad use fails early; an expired token asks for a new one; backpressure never drops."""
     expired = await create_session(hub_server.http)
