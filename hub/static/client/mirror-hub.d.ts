@@ -167,6 +167,8 @@ declare class Connection<Events> extends EventTarget {
   readonly sessionId: string;
   readonly url: string;
   readonly state: ConnectionState;
+  /** True once the client stopped for good (state "ended" or "closed"). */
+  readonly stopped: boolean;
   /** Set once the client stopped for good. */
   readonly closeCode: number | null;
   readonly closeReason: string;
