@@ -156,3 +156,25 @@ async def test_watcher_in_chromium_sees_every_seq_once_through_restart_and_4008(
     assert 4008 in watch["closes"], watch["closes"]
     assert 1006 in watch["closes"] or 1012 in watch["closes"], watch["closes"]
     assert await stored_seqs(database_url, session_id) == list(range(1, total + 1))
+
+
+@pytest.mark.timeout(60)
+async def test_demo_page_with_a_staff_token_creates_a_session_and_refuses_to_write_others(
+    hub_server: HubProcess, database_url: str
+) -> None:
+    staff = token("therapist")
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{hub_server.http}/demo/mirror#token={staff}")
+        await wait_for(page, "window.mirrorDemo.client && window.mirrorDemo.client.ackedSeq >= 30")
+        assert "session=" in page.url and staff not in page.url
+        # A staff token may not write an existing session: the page says what to do instead.
+        other, _ = await create_session_with_token(hub_server.http)
+        await page.goto(f"{hub_server.http}/demo/mirror?session={other}#token={staff}")
+        notice = await wait_for(
+            page,
+            "!document.getElementById('notice').hidden"
+            " && document.getElementById('notice').textContent",
+        )
+        assert "only the session's mirror_token" in notice
+    assert await stored_seqs(database_url, other) == []

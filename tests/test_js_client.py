@@ -146,3 +146,19 @@ async def test_node_example_streams_and_ends_a_session(hub_server: HubProcess) -
     text = out.decode()
     assert proc.returncode == 0, text
     assert "ended at seq 32" in text, text
+
+
+async def test_hub_serves_the_module_and_its_types(hub_server: HubProcess) -> None:
+    async with httpx.AsyncClient() as http:
+        for name, media in (
+            ("mirror-hub.js", "text/javascript"),
+            ("mirror-hub.d.ts", "typescript"),
+        ):
+            response = await http.get(f"{hub_server.http}/client/{name}")
+            assert response.status_code == 200
+            assert media in response.headers["content-type"]  # browsers refuse other types
+            assert response.content == (CLIENT_DIR / name).read_bytes()
+        page = await http.get(f"{hub_server.http}/demo/mirror")
+    assert page.status_code == 200
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe" not in csp
