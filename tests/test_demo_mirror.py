@@ -178,3 +178,48 @@ async def test_demo_page_with_a_staff_token_creates_a_session_and_refuses_to_wri
         )
         assert "only the session's mirror_token" in notice
     assert await stored_seqs(database_url, other) == []
+
+
+MIRROR_SCRIPT = """async ([sessionId, token]) => {
+  const { MirrorClient } = await import('/client/mirror-hub.js');
+  // A long backoff, so that only the tab coming back can bring the reconnect forward.
+  const c = new MirrorClient({ url: location.origin, sessionId, token,
+                               backoffInitialMs: 30000, backoffMaxMs: 30000 });
+  window.probe = { client: c, opened: [] };
+  c.addEventListener('welcome', () => window.probe.opened.push(Date.now()));
+  await c.start();
+  for (let i = 1; i <= 50; i++) c.send({ type: 'metrics', values: { accuracy: i / 100 } });
+  await c.flush();
+}"""
+
+
+@pytest.mark.timeout(90)
+async def test_tab_coming_back_reconnects_at_once(
+    start_hub: Callable[..., Awaitable[HubProcess]], database_url: str
+) -> None:
+    hub = await start_hub()
+    session_id, mirror_token = await create_session_with_token(hub.http)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{hub.http}/demo/mirror")  # any page of the hub's origin
+        await page.evaluate(MIRROR_SCRIPT, [session_id, mirror_token])
+        hub.kill()  # the socket of a "background tab" dies
+        await wait_for(page, "window.probe.client.state === 'backoff'")
+        hub = await start_hub(port=hub.port)
+        # Headless Chromium never hides a tab: tell the page it became visible again, as the
+        # browser does when the user comes back to it.
+        shown_at = await page.evaluate(
+            """() => { Object.defineProperty(document, 'visibilityState',
+                                             { value: 'visible', configurable: true });
+                      document.dispatchEvent(new Event('visibilitychange'));
+                      return Date.now(); }"""
+        )
+        opened_at = await wait_for(
+            page, f"window.probe.opened.find((t) => t >= {shown_at})", timeout_s=10
+        )
+        assert opened_at - shown_at <= 2000
+        await page.evaluate(
+            "async () => { window.probe.client.send({ type: 'metrics', values: { accuracy: 1 } });"
+            " await window.probe.client.end(); }"
+        )
+    assert await stored_seqs(database_url, session_id) == list(range(1, 52))
