@@ -103,7 +103,7 @@ function frameAt(sessionId, k) {
   return { type: "metrics", task_id: task.task_id, values: metricsAt(name, t, k) };
 }
 
-const history30 = [];
+const history30 = []; // the latest accuracy values, for the chart
 
 function show(client, frame, k) {
   el("seq").textContent = client.lastSeq;
@@ -126,7 +126,11 @@ function show(client, frame, k) {
   if (main !== undefined) {
     history30.push(main);
     if (history30.length > 150) history30.shift();
-    el("line").setAttribute("points", history30.map((v, i) => `${i * 2},${60 - v * 55}`).join(" "));
+    // Scaled to what is shown, so that small changes of a score stay visible.
+    const low = Math.min(...history30) - 0.01;
+    const high = Math.max(...history30) + 0.01;
+    const y = (v) => 57 - ((v - low) / (high - low)) * 54;
+    el("line").setAttribute("points", history30.map((v, i) => `${i * 2},${y(v).toFixed(1)}`).join(" "));
   }
 }
 
