@@ -85,7 +85,7 @@ async def test_demo_mirror_survives_reload_and_network_cut(
         cut_at = (await demo_state(page))["lastSeq"]
         await asyncio.sleep(10)  # the length of the outage is the scenario, not a sync point
         during = await demo_state(page)
-        assert during["state"] == "offline" and during["lastSeq"] > cut_at + 200, during
+        assert during["state"] == "offline" and during["lastSeq"] > cut_at + 100, during
         await cdp.send("Network.emulateNetworkConditions", {"offline": False, **offline})
         online_at = time.time() * 1000
         reopened_at = await wait_for(
