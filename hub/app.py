@@ -22,7 +22,7 @@ from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.edge import HostGuard
-from hub.endpoints import docs, landing, watch_page
+from hub.endpoints import client_assets, docs, landing, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(watch_page.routes)
+    routes.extend(client_assets.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
