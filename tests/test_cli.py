@@ -293,6 +293,45 @@ def test_unusable_database_is_one_short_error(
     assert not (tmp_path / "data" / "auth-secret").exists()
 
 
+@pytest.mark.slow
+async def test_wrong_password_is_one_short_error(tmp_path: Path) -> None:
+    """A real server that checks passwords: an embedded PostgreSQL of the test's own whose
+    pg_hba.conf asks for scram-sha-256 on its socket; the hub is given a wrong password."""
+    from hub.storage.embedded import start_embedded
+
+    with embedded_data_dir() as pg_dir:
+        pg = await asyncio.to_thread(start_embedded, pg_dir)
+        try:
+            admin = make_url(pg.url).set(drivername="postgresql")
+            conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
+            try:
+                await conn.execute("ALTER ROLE postgres PASSWORD 'the-right-one'")
+                (pg.pgdata / "pg_hba.conf").write_text("local all all scram-sha-256\n")
+                await conn.execute("SELECT pg_reload_conf()")
+            finally:
+                await conn.close()
+            wrong = admin.set(password="not-the-right-one").render_as_string(hide_password=False)
+            started = time.monotonic()
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "hub", "serve", "--port", str(free_port())],
+                env=hub_env(tmp_path / "data", wrong),
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        finally:
+            await asyncio.to_thread(pg.stop)
+    elapsed = time.monotonic() - started
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode != 0, output
+    assert elapsed < 10, elapsed
+    assert len(output) <= 3 and "Traceback" not in result.stderr, output
+    assert any("refused the password of user 'postgres'" in line for line in output), output
+    assert not any("not-the-right-one" in line for line in output), "the password was shown"
+
+
 def test_unusable_data_directory_is_one_short_error(tmp_path: Path, database_url: str) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
