@@ -35,152 +35,18 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hub.endpoints import docs
+from hub.endpoints.api import OPERATIONS
+from hub.openapi import build_openapi
 
 pytestmark = pytest.mark.slow
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 
-# Used only while hub.openapi.build_openapi does not exist yet.
-FALLBACK_OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "Docs render test", "version": "0.0.1"},
-    "tags": [{"name": "sessions"}, {"name": "frames"}],
-    "paths": {
-        "/sessions": {
-            "get": {
-                "operationId": "listSessions",
-                "summary": "List sessions",
-                "tags": ["sessions"],
-                "responses": {
-                    "200": {
-                        "description": "The sessions",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Session"},
-                                }
-                            }
-                        },
-                    }
-                },
-            },
-            "post": {
-                "operationId": "createSession",
-                "summary": "Create a session",
-                "tags": ["sessions"],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/NewSession"}}
-                    },
-                },
-                "responses": {
-                    "201": {
-                        "description": "Created",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Session"}}
-                        },
-                    },
-                    "422": {"$ref": "#/components/responses/Invalid"},
-                },
-            },
-        },
-        "/sessions/{session_id}": {
-            "parameters": [
-                {
-                    "name": "session_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uuid"},
-                }
-            ],
-            "get": {
-                "operationId": "getSession",
-                "summary": "Get one session",
-                "tags": ["sessions"],
-                "responses": {
-                    "200": {
-                        "description": "The session",
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Session"}}
-                        },
-                    },
-                    "404": {"description": "No such session"},
-                },
-            },
-            "delete": {
-                "operationId": "deleteSession",
-                "summary": "Delete a session",
-                "tags": ["sessions"],
-                "responses": {"204": {"description": "Deleted"}},
-            },
-        },
-        "/sessions/{session_id}/frames": {
-            "get": {
-                "operationId": "listFrames",
-                "summary": "List the frames of a session",
-                "tags": ["frames"],
-                "parameters": [
-                    {
-                        "name": "session_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "format": "uuid"},
-                    },
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
-                    },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Frames in order",
-                        "content": {
-                            "application/json": {
-                                "schema": {"type": "array", "items": {"type": "object"}}
-                            }
-                        },
-                    }
-                },
-            }
-        },
-    },
-    "components": {
-        "schemas": {
-            "NewSession": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {"name": {"type": "string", "maxLength": 100}},
-            },
-            "Session": {
-                "type": "object",
-                "required": ["id", "name"],
-                "properties": {
-                    "id": {"type": "string", "format": "uuid"},
-                    "name": {"type": "string"},
-                    "ended_at": {"type": ["string", "null"], "format": "date-time"},
-                },
-            },
-        },
-        "responses": {"Invalid": {"description": "The body does not validate"}},
-    },
-}
-
 
 def openapi_document() -> dict[str, Any]:
-    """The hub's own document; the fallback only while hub.openapi.build_openapi is absent."""
-    try:
-        from hub.openapi import build_openapi
-    except ImportError as exc:
-        # Only "module/name not there": a failing import *inside* hub.openapi must fail.
-        if exc.name != "hub.openapi":
-            raise
-        return FALLBACK_OPENAPI
-    document: dict[str, Any] = build_openapi()
-    return document
+    """The hub's own document, built as the app builds it."""
+    return build_openapi(OPERATIONS)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.app import create_app
+from hub.endpoints.api import OPERATIONS
 from hub.openapi import build_openapi
 from hub.settings import Settings
 from hub.storage.models import Frame, Metric, Task
@@ -127,7 +128,7 @@ def schemathesis_config() -> SchemathesisConfig:
 
 # Built from the same function the app serves `/openapi.json` with; `hub_app` checks that the
 # served document is identical. Loading it from the app at import time would need a database.
-schema = schemathesis.openapi.from_dict(build_openapi(), config=schemathesis_config())
+schema = schemathesis.openapi.from_dict(build_openapi(OPERATIONS), config=schemathesis_config())
 
 
 @pytest.fixture
