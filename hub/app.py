@@ -23,8 +23,10 @@ from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.edge import HostGuard
 from hub.endpoints import api, docs, landing, watch_page
-from hub.endpoints.common import HTTPError, error_response, guard, json_response
+from hub.endpoints.errors import HTTPError, error_response
+from hub.endpoints.guard import guard
 from hub.endpoints.mirror_ws import mirror_endpoint
+from hub.endpoints.responses import json_response
 from hub.endpoints.watch_ws import watch_endpoint
 from hub.live.hub import LiveHub
 from hub.openapi import build_openapi

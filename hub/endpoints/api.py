@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from hub.endpoints import admin, health, sessions, tasks
-from hub.endpoints.common import guard
+from hub.endpoints.guard import guard
 from hub.openapi import Operation
 
 # In the order of the OpenAPI document.
