@@ -22,12 +22,14 @@ from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.edge import HostGuard
-from hub.endpoints import client_assets, docs, landing, watch_page
-from hub.endpoints.common import HTTPError, error_response, guard, json_response
+from hub.endpoints import api, client_assets, docs, landing, watch_page
+from hub.endpoints.errors import HTTPError, error_response
+from hub.endpoints.guard import guard
 from hub.endpoints.mirror_ws import mirror_endpoint
+from hub.endpoints.responses import json_response
 from hub.endpoints.watch_ws import watch_endpoint
 from hub.live.hub import LiveHub
-from hub.openapi import all_operations, build_openapi
+from hub.openapi import build_openapi
 from hub.settings import Settings
 from hub.storage.engine import make_engine, make_sessionmaker
 
@@ -36,7 +38,7 @@ log = logging.getLogger("hub")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    openapi_document = build_openapi()
+    openapi_document = build_openapi(api.OPERATIONS)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document)
@@ -80,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if embedded is not None:
                 embedded.stop()
 
-    routes: list[BaseRoute] = [op.route() for op in all_operations()]
+    routes: list[BaseRoute] = [*api.routes()]
     routes.append(Route("/openapi.json", openapi, include_in_schema=False))
     routes.extend(docs.routes)
     routes.extend(landing.routes)

@@ -1,8 +1,8 @@
 """Configuration: the only module that reads the environment and `.env`.
 
-Every knob is listed in `FIELDS` with its default and meaning; README's configuration table
-mirrors it. Values come from the process environment first, then from a `.env` file in the
-working directory.
+Every knob is a field of `Settings` with its default and meaning; `Settings.from_env` names its
+environment variable, and README's configuration table mirrors both. Values come from the
+process environment first, then from a `.env` file in the working directory.
 """
 
 from __future__ import annotations

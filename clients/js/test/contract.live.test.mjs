@@ -1,4 +1,4 @@
-// Bad use fails early and clearly, against a real hub (started by tests/test_js_client.py):
+// Bad use fails early and clearly, against a real hub (started by tests/browser/test_js_client.py):
 // a frame against the protocol's rules throws from send(); an expired token asks the
 // onTokenExpired callback instead of looping; a full outbox pushes back and never drops.
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 // Acceptance: a MirrorClient streams 3,000 frames at 100 Hz while the hub is SIGKILLed twice
-// and restarted on the same port (by tests/test_js_client.py, told over CONTROL_PORT).
+// and restarted on the same port (by tests/browser/test_js_client.py, told over CONTROL_PORT).
 // end() resolves; no frame is ever sent with a seq the hub had already acked (or accepted)
 // according to the latest `welcome`. Storage is checked by the pytest side.
 import assert from "node:assert/strict";

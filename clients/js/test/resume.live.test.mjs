@@ -1,6 +1,6 @@
 // After a reconnect the client resends only what the hub has not accepted: frames the hub
 // accepted but has not committed yet (welcome.acked_seq < seq <= welcome.last_seq) are waited
-// for, not sent again. tests/test_js_client.py runs this against a hub that commits slowly
+// for, not sent again. tests/browser/test_js_client.py runs this against a hub that commits slowly
 // (HUB_FLUSH_INTERVAL_MS), so a reconnect lands while frames are still uncommitted.
 import assert from "node:assert/strict";
 import { once } from "node:events";

@@ -1,4 +1,4 @@
-// Compiled with `tsc --noEmit` (tests/test_js_client.py): the declarations describe the module's
+// Compiled with `tsc --noEmit` (tests/browser/test_js_client.py): the declarations describe the module's
 // real use, and wrong use is a type error.
 import {
   CLOSE_CODES, MirrorClient, MirrorHubError, PROTOCOL, WatcherClient, shouldReconnect, validateFrame, wsUrl,
