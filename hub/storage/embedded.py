@@ -205,8 +205,10 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     try:
         with _control_lock(data_dir):
             fcntl.flock(users_fd, fcntl.LOCK_SH)
-            postmaster = _ensure_running(data_dir)
+            # The keeper first: a start cut short (SIGTERM, Ctrl-C) after the server was
+            # spawned leaves a server with no user, which the keeper then stops.
             _ensure_keeper(data_dir)
+            postmaster = _ensure_running(data_dir)
     except OSError as exc:
         os.close(users_fd)
         raise EmbeddedError(f"embedded PostgreSQL cannot start in {data_dir}: {exc}") from exc
@@ -401,6 +403,7 @@ def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
     initdb cut short (Ctrl-C during a first start) leaves no half-made cluster behind."""
     logger.debug("creating the embedded PostgreSQL database cluster in %s", pgdata)
     fresh = pgdata.with_name(pgdata.name + ".new")
+    _kill_working_in(fresh)
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o700)
     if user is not None:
@@ -437,6 +440,21 @@ def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
             "and start again"
         ) from None
     fresh.rename(pgdata)
+
+
+def _kill_working_in(folder: Path) -> None:
+    """Kill the processes still working in `folder`: an initdb whose hub was killed (SIGKILL
+    reaches only the hub) runs on, and when it fails it empties its folder, wiping out the
+    cluster a new initdb is building there. Called under the control lock, so none of them
+    belongs to a live start."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        # initdb names the folder; the server it runs in bootstrap mode works in it.
+        if str(folder) in (proc.info["cmdline"] or []) or proc.info["cwd"] == str(folder):
+            found.append(proc)
+    for proc in found:
+        _signal(proc, signal.SIGKILL)
+    _wait_gone(found, _SIGNAL_WAIT_S)
 
 
 def _spawn_postgres(pgdata: Path, log: BinaryIO, user: str | None) -> subprocess.Popen[bytes]:

@@ -1,0 +1,135 @@
+"""Defects found by reviewing the hub as an outsider (an operator on day one, a hostile
+client), each against real processes: a test that failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.live_support import ROOT, TEST_SECRET, HubProcess, embedded_processes, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def hub_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(HUB_DATA_DIR=str(data_dir), HUB_AUTH_SECRET=TEST_SECRET, HUB_LOG_LEVEL="info")
+    env.update(extra)
+    return env
+
+
+def start_hub(data_dir: Path, *args: str, output: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hub", *args],
+        env=hub_env(data_dir),
+        cwd=ROOT,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def run_hub(data_dir: Path, *args: str, timeout: float = 120) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        *args,
+        env=hub_env(data_dir),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def child_appears(parent: subprocess.Popen[bytes], wanted: str) -> psutil.Process:
+    """The first child process of `parent` whose command line holds `wanted`."""
+    async with asyncio.timeout(60):
+        while True:
+            for child in psutil.Process(parent.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if wanted in " ".join(child.cmdline()):
+                        return child
+            assert parent.poll() is None, f"exited with {parent.returncode}"
+            await asyncio.sleep(0.002)  # polling another process: nothing to await
+
+
+async def no_embedded_processes(data_dir: Path, within_s: float = 20) -> None:
+    async with asyncio.timeout(within_s):
+        while embedded_processes(data_dir):  # noqa: ASYNC110 - other processes: nothing to await
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def data_dir(pg_data_dir: Path) -> Iterator[Path]:
+    """A fresh data directory; whatever of its server a failing test leaves is killed."""
+    yield pg_data_dir
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(str(pg_data_dir) in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+
+
+async def test_hub_killed_during_initdb_does_not_spoil_the_next_start(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A hub SIGKILLed during its first start's initdb leaves that initdb running (the signal
+    reaches only the hub). The next start's initdb must not share its folder with it: the
+    orphan, failing, empties the folder and the new cluster with it. The orphan is held
+    stopped until the new initdb runs, as on a machine busy enough for the two to overlap."""
+    first = start_hub(data_dir, "serve", "--port", str(free_port()), output=subprocess.DEVNULL)
+    try:
+        orphan = await child_appears(first, "initdb")
+        orphan.suspend()
+    finally:
+        first.kill()
+        first.wait(10)
+    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
+    starting = asyncio.create_task(hub.start(timeout=120))
+    try:
+        while hub.proc is None:  # noqa: ASYNC110 - set by start() before its first wait
+            await asyncio.sleep(0)
+        await child_appears(hub.proc, "initdb")
+        with contextlib.suppress(psutil.NoSuchProcess):
+            orphan.resume()
+        await starting
+        assert await hub.stop() == 0, hub.logs()
+    finally:
+        starting.cancel()
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.kill()
+    assert "initdb failed" not in hub.logs()
+
+
+async def test_sigterm_while_the_embedded_server_starts_leaves_no_server_running(
+    data_dir: Path,
+) -> None:
+    """SIGTERM (or Ctrl-C) just after `hub serve` spawned the embedded server: the hub exits
+    with 0, and the server, which then has no user, must not run on for ever."""
+    code, out = await run_hub(data_dir, "db", "current")  # the cluster exists
+    assert code == 0, out
+    await no_embedded_processes(data_dir)  # the keeper of that run is gone too
+    hub = start_hub(data_dir, "serve", "--port", str(free_port()))
+    try:
+        await child_appears(hub, str(data_dir / "pgdata"))
+        hub.send_signal(signal.SIGTERM)
+        out = (await asyncio.to_thread(hub.communicate, timeout=60))[0].decode(errors="replace")
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+    assert hub.returncode == 0, out
+    started = time.monotonic()
+    await no_embedded_processes(data_dir, within_s=20)
+    assert time.monotonic() - started < 20
