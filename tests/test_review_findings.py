@@ -113,6 +113,19 @@ async def test_hub_killed_during_initdb_does_not_spoil_the_next_start(
     assert "initdb failed" not in hub.logs()
 
 
+async def test_hubs_migrating_one_fresh_database_at_once_all_succeed(data_dir: Path) -> None:
+    """Machines behind a balancer start together, or `hub db upgrade` runs beside `hub
+    serve`: each runs the migrations. They must take turns, not fail on each other's
+    CREATE TABLE with a traceback."""
+    code, out = await run_hub(data_dir, "db", "current")  # the cluster exists: a quick race
+    assert code == 0, out
+    results = await asyncio.gather(*(run_hub(data_dir, "db", "upgrade") for _ in range(4)))
+    for code, out in results:
+        assert code == 0 and "Traceback" not in out, out
+    code, out = await run_hub(data_dir, "db", "current")
+    assert code == 0 and "(head)" in out, out
+
+
 async def test_sigterm_while_the_embedded_server_starts_leaves_no_server_running(
     data_dir: Path,
 ) -> None:
