@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -146,3 +146,40 @@ async def test_sigterm_while_the_embedded_server_starts_leaves_no_server_running
     started = time.monotonic()
     await no_embedded_processes(data_dir, within_s=20)
     assert time.monotonic() - started < 20
+
+
+async def raw_status(port: int, request: bytes) -> bytes:
+    """The status line the hub answers `request` with."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(60)
+async def test_host_check_answers_health_checks_without_host_and_fqdn_names(
+    start_hub: Callable[..., Awaitable[HubProcess]],
+) -> None:
+    """HAProxy's `option httpchk` asks `OPTIONS / HTTP/1.0` (or the configured path) with no
+    Host: no browser, so no DNS rebinding, but refusing it takes every hub out of the
+    balancer. A name with its final dot (`localhost.`) is the same name."""
+    hub = await start_hub(HUB_ALLOWED_HOSTS="hub.example.")
+    port = hub.port
+    assert (await raw_status(port, b"GET /health/ready HTTP/1.0\r\n\r\n")).startswith(
+        b"HTTP/1.1 200"
+    )
+    for host, status in [
+        ("hub.example", b"200"),
+        ("hub.example.", b"200"),
+        (f"HUB.EXAMPLE.:{port}", b"200"),
+        (f"attacker.example.:{port}", b"400"),
+        (f"hub.example.attacker.example:{port}", b"400"),
+    ]:
+        request = f"GET /health/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        answer = await raw_status(port, request.encode())
+        assert answer.split()[1] == status, (host, answer)
+    # HTTP/1.1 without Host stays refused (RFC 9112 requires it).
+    no_host = b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n"
+    assert (await raw_status(port, no_host)).startswith(b"HTTP/1.1 400")
