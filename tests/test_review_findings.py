@@ -235,3 +235,32 @@ async def test_erasure_while_the_database_hangs_answers_503_and_changes_nothing(
     finally:
         if hub.proc is not None and hub.proc.poll() is None:
             hub.kill()
+
+
+def keepers(data_dir: Path) -> list[psutil.Process]:
+    return [
+        p
+        for p in embedded_processes(data_dir)
+        if (p.cmdline() or [])[-2:] == ["keep", str(data_dir)]
+    ]
+
+
+async def test_a_killed_keeper_is_replaced_while_the_hub_runs(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The keeper stops the server of a SIGKILLed last user. If the keeper itself was killed
+    (the OOM killer, a careless kill), a running hub starts a new one; otherwise a hub killed
+    after it leaves the server running for ever."""
+    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
+    try:
+        await hub.start(timeout=90)
+        (first,) = keepers(data_dir)
+        first.kill()
+        async with asyncio.timeout(20):
+            while [k.pid for k in keepers(data_dir)] in ([], [first.pid]):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # polling other processes: nothing to await
+        hub.kill()
+    finally:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.kill()
+    await no_embedded_processes(data_dir, within_s=20)

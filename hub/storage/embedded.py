@@ -163,6 +163,11 @@ class EmbeddedPostgres:
                 # Remembered now: once the postmaster is gone they cannot be found through it.
                 with contextlib.suppress(psutil.Error):
                     children = self._postmaster.children()
+                # A keeper that was killed is replaced while we still can: once this process
+                # is killed too, nobody else would stop the server. (No control lock needed: a
+                # keeper never exits while this process holds its share.)
+                with contextlib.suppress(OSError):
+                    _ensure_keeper(self.data_dir)
                 continue
             logger.warning(
                 "embedded PostgreSQL (pid %d) is gone; starting it again", self._postmaster.pid
