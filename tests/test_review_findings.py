@@ -264,3 +264,32 @@ async def test_a_killed_keeper_is_replaced_while_the_hub_runs(
         if hub.proc is not None and hub.proc.poll() is None:
             hub.kill()
     await no_embedded_processes(data_dir, within_s=20)
+
+
+async def test_ctrl_c_twice_still_drains_quietly_and_exits_0(
+    start_hub: Callable[..., Awaitable[HubProcess]],
+) -> None:
+    """An impatient operator presses Ctrl-C again while the hub waits for a connection to
+    finish. uvicorn took that second SIGINT for "force quit": the application's shutdown was
+    skipped and the lifespan, cancelled at exit, logged a traceback."""
+    hub = await start_hub(HUB_HTTP_BODY_TIMEOUT_S="3")
+    assert hub.proc is not None
+    # A request whose body is still coming keeps the hub waiting for its connection.
+    _reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    auth = staff_headers()["Authorization"]
+    writer.write(
+        f"POST /sessions HTTP/1.1\r\nHost: 127.0.0.1:{hub.port}\r\nAuthorization: {auth}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+    )
+    await writer.drain()
+    try:
+        hub.proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            while "Waiting for connections to close" not in hub.logs():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # another process's log: nothing to await
+        hub.proc.send_signal(signal.SIGINT)
+        assert await hub.stop(timeout=60) == 0, hub.logs()
+    finally:
+        writer.close()
+    assert "Traceback" not in hub.logs(), hub.logs()
+    assert "Application shutdown complete" in hub.logs(), hub.logs()
