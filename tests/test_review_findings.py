@@ -293,3 +293,35 @@ async def test_ctrl_c_twice_still_drains_quietly_and_exits_0(
         writer.close()
     assert "Traceback" not in hub.logs(), hub.logs()
     assert "Application shutdown complete" in hub.logs(), hub.logs()
+
+
+def test_token_create_before_the_first_start_shows_the_first_admin_token(tmp_path: Path) -> None:
+    """An operator who makes a therapist token before ever starting the hub generates the
+    signing secret; `hub serve` then finds it and shows no admin token, and that token was
+    shown nowhere. It is shown where the secret was made."""
+    from hub.auth import SECRET_FILE, TokenService
+
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_AUTH_")}
+    env["HUB_DATA_DIR"] = str(data_dir)
+
+    def create() -> subprocess.CompletedProcess[str]:
+        args = ["token", "create", "--role", "therapist", "--name", "Dr Who"]
+        return subprocess.run(
+            [sys.executable, "-m", "hub", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    first = create()
+    assert first.returncode == 0, first.stderr
+    secret = TokenService((data_dir / SECRET_FILE).read_bytes())
+    assert secret.verify(first.stdout.strip()).role == "therapist"  # stdout: the token alone
+    shown = [w.removeprefix("TOKEN=") for w in first.stderr.split() if w.startswith("TOKEN=")]
+    assert len(shown) == 1, first.stderr
+    assert secret.verify(shown[0]).role == "admin"
+    again = create()
+    assert again.returncode == 0 and "TOKEN=" not in again.stderr, again.stderr
