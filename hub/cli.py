@@ -258,11 +258,12 @@ def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_interrupts())
-        if settings.database_url is None and settings.backplane_kind == "memory":
+        if settings.database_url is None:
             from hub.storage.embedded import EmbeddedError, claim_for_serving
 
+            alone = settings.backplane_kind == "memory"
             try:
-                stack.enter_context(claim_for_serving(settings.data_dir, args.port))
+                stack.enter_context(claim_for_serving(settings.data_dir, args.port, alone=alone))
             except EmbeddedError as exc:  # another hub serves it, or it is unusable
                 log.error("%s", exc)
                 return 2

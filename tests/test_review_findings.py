@@ -47,18 +47,25 @@ def start_hub(data_dir: Path, *args: str, output: int = subprocess.PIPE) -> subp
     )
 
 
-async def run_hub(data_dir: Path, *args: str, timeout: float = 120) -> tuple[int, str]:
+async def run_hub(
+    data_dir: Path, *args: str, timeout: float = 120, **extra_env: str
+) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "hub",
         *args,
-        env=hub_env(data_dir),
+        env=hub_env(data_dir, **extra_env),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
 
@@ -325,3 +332,48 @@ def test_token_create_before_the_first_start_shows_the_first_admin_token(tmp_pat
     assert secret.verify(shown[0]).role == "admin"
     again = create()
     assert again.returncode == 0 and "TOKEN=" not in again.stderr, again.stderr
+
+
+async def test_hub_with_a_backplane_is_refused_beside_one_without(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The troubleshooting advice is to run *both* hubs with HUB_BACKPLANE=postgres. A second
+    hub started with it beside a first one still without it was accepted: the first takes
+    every live session for its own and hears nothing on the backplane, so watchers on one
+    silently miss the other's mirrors."""
+    alone = HubProcess(None, tmp_path / "alone.log", migrate=True, HUB_DATA_DIR=str(data_dir))
+    try:
+        await alone.start(timeout=90)
+        code, out = await run_hub(
+            data_dir, "serve", "--port", str(free_port()), timeout=30, HUB_BACKPLANE="postgres"
+        )
+        assert code == 2, out
+        assert f"already served by the hub with pid {alone.proc.pid}" in out, out  # type: ignore[union-attr]
+        assert await alone.stop() == 0
+    finally:
+        if alone.proc is not None and alone.proc.poll() is None:
+            alone.kill()
+    # Hubs that all have a backplane share the data directory.
+    first = HubProcess(
+        None,
+        tmp_path / "b1.log",
+        migrate=True,
+        HUB_DATA_DIR=str(data_dir),
+        HUB_BACKPLANE="postgres",
+    )
+    second = HubProcess(
+        None,
+        tmp_path / "b2.log",
+        migrate=True,
+        HUB_DATA_DIR=str(data_dir),
+        HUB_BACKPLANE="postgres",
+    )
+    try:
+        await first.start(timeout=90)
+        await second.start(timeout=90)
+        code, out = await run_hub(data_dir, "serve", "--port", str(free_port()), timeout=30)
+        assert code == 2 and "already served by the hub with pid" in out, out
+    finally:
+        for hub in (first, second):
+            if hub.proc is not None and hub.proc.poll() is None:
+                hub.kill()

@@ -226,10 +226,11 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
+def claim_for_serving(data_dir: Path, port: int, *, alone: bool = True) -> Iterator[None]:
     """Hold `data_dir` for this `hub serve` (pid, port), or raise DataDirInUse naming the one
-    that holds it. A hub without a backplane takes every live session of its database for its
-    own, so two of them on one database must not run."""
+    that holds it. A hub without a backplane (`alone`) takes every live session of its
+    database for its own, so it must run with no other hub on that database, with or without
+    a backplane; hubs with a backplane share it among themselves."""
     data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -238,9 +239,10 @@ def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
         raise EmbeddedError(f"cannot use the data directory {data_dir}: {exc}") from exc
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             # The holder writes its pid and port right after locking; "?" if we read too soon.
+            # (Of hubs with a backplane, the last one started.)
             pid, _, other_port = os.pread(fd, 100, 0).decode(errors="replace").partition(" ")
             raise DataDirInUse(
                 f"the data directory {data_dir} is already served by the hub with pid "
@@ -248,12 +250,14 @@ def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
                 "database need a backplane between them (HUB_BACKPLANE=postgres or "
                 "redis://…); otherwise give this one its own HUB_DATA_DIR"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {port}\n".encode(), 0)
+        if alone:
+            os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {port}\n".encode().ljust(32), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if alone:
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 
