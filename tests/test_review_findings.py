@@ -377,3 +377,35 @@ async def test_hub_with_a_backplane_is_refused_beside_one_without(
         for hub in (first, second):
             if hub.proc is not None and hub.proc.poll() is None:
                 hub.kill()
+
+
+async def test_watchdog_restarts_a_server_that_another_process_has_not_reaped(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The server was started by another process on the data directory (`hub db …`, another
+    hub with a backplane) and killed: until that process reaps it, it is a zombie whose pid
+    the socket's lock file still names, and postgres refused to start again ("lock file
+    .s.PGSQL.5432.lock already exists"); the hub's watchdog failed every 5 s meanwhile."""
+    from hub.storage.embedded import start_embedded
+
+    embedded = start_embedded(data_dir)  # this test process starts it, and never reaps it
+    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
+    try:
+        await hub.start(timeout=90)
+        killed = embedded.pid
+        os.kill(killed, signal.SIGKILL)
+        async with httpx.AsyncClient() as http:
+            async with asyncio.timeout(20):
+                while True:
+                    pidfile = data_dir / "pgdata" / "postmaster.pid"
+                    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+                        if int(pidfile.read_text().split()[0]) != killed:
+                            if (await http.get(f"{hub.http}/health")).status_code == 200:
+                                break
+                    await asyncio.sleep(0.1)  # another process's state: nothing to await
+        assert "did not start again" not in hub.logs(), hub.logs()
+        assert await hub.stop() == 0
+    finally:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.kill()
+        embedded.stop()

@@ -373,6 +373,9 @@ def _ensure_running(data_dir: Path) -> psutil.Process:
         # pid were taken meanwhile (a zombie, pid reuse); leftover processes of the dead
         # server are still found through its shared memory, keyed by the folder's inode.
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
+        # The socket's lock file too: it names the dead server's pid, which stays taken while
+        # that server is a zombie of another hub process, and postgres would refuse to start.
+        (_socket_dir(pgdata) / ".s.PGSQL.5432.lock").unlink(missing_ok=True)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             log_start = os.fstat(log_fd).st_size
