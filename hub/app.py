@@ -166,7 +166,15 @@ def drain_on_signal(live: LiveHub) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     previous: dict[int, object] = {}
 
+    draining: list[asyncio.Task[None]] = []
+
     def handler(signum: int, frame: FrameType | None) -> None:
+        if draining:
+            # A second Ctrl-C would be uvicorn's "force quit": it skips the application's
+            # shutdown, and the lifespan cancelled at exit logs a traceback. The drain is
+            # bounded (the flush, then the closes, time out): let it finish.
+            log.info("already stopping; storing what is buffered first")
+            return
         uvicorn_handler = previous[signum]
 
         def then_uvicorn(_: object) -> None:
@@ -175,6 +183,7 @@ def drain_on_signal(live: LiveHub) -> Callable[[], None]:
 
         task = loop.create_task(live.shutdown())
         task.add_done_callback(then_uvicorn)
+        draining.append(task)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         current = signal.getsignal(sig)

@@ -262,7 +262,9 @@ class Settings:
                 if o.strip()
             ),
             allowed_hosts=tuple(
-                h.strip().lower() for h in env.get("HUB_ALLOWED_HOSTS", "").split(",") if h.strip()
+                h.strip().lower().removesuffix(".")
+                for h in env.get("HUB_ALLOWED_HOSTS", "").split(",")
+                if h.strip()
             ),
             ws_max_messages_per_s=_int(env, "HUB_WS_MAX_MESSAGES_PER_S", cls.ws_max_messages_per_s),
             max_connections_per_client=_int(

@@ -165,18 +165,18 @@ async def test_hub_commands_and_second_hubs_leave_the_running_hub_alone(
             assert "Traceback" not in out
             await still_serving()
 
-        # With a backplane a second hub may share the database; on the same port it fails to
-        # bind and, leaving, must not stop the database under the first.
+        # Nor may a hub with a backplane join one without: the first would take the
+        # second's sessions for its own, and never hear its frames.
         code, out = await hub_command(
             data_dir,
             "serve",
             "--no-migrate",
             "--port",
-            str(hub.port),
+            str(hub.port + 1),
             timeout=90,
             HUB_BACKPLANE="postgres",
         )
-        assert code != 0 and "address already in use" in out, out
+        assert code == 2 and f"pid {hub.proc.pid} on port {hub.port}" in out, out
         await still_serving()
 
     assert await stored_seqs(pgdata, session_id) == list(range(1, mirror.last_seq + 1))
