@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import re
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ async def page_text(cdp: ClientConnection) -> str:
 async def test_page_shows_live_values_and_tasks(hub_server: HubProcess, tmp_path: Path) -> None:
     session_id = await create_session(hub_server.http)
     async with open_client(hub_server.ws, session_id, "mirror") as (mirror, _):
-        task_id = "0b9f6b1e-8f0e-4c1a-9d55-3e4a8f7c2b10"
+        task_id = str(uuid.uuid4())  # task ids are unique across sessions (and test runs)
         await send(mirror, task_frame(1, task_id, "started", "in_progress", task_name="squat"))
         await send(mirror, metrics_frame(2, accuracy=0.875, max_angle=151.25))
         await wait_acked(mirror, 2)

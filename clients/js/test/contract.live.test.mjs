@@ -7,7 +7,7 @@ import { test } from "node:test";
 import { MirrorClient, MirrorHubError, WatcherClient, validateFrame } from "../mirror-hub.js";
 
 const { HUB_URL, STAFF_TOKEN, EXPIRED_SESSION_ID, EXPIRED_TOKEN, FRESH_TOKEN } = process.env;
-const TASK = "0b9f6b1e-8f0e-4c1a-9d55-3e4a8f7c2b10";
+const TASK = crypto.randomUUID(); // task ids are unique across sessions, so one per run
 
 async function createSession() {
   const response = await fetch(`${HUB_URL}/sessions`, {
