@@ -231,14 +231,15 @@ async def test_erasure_while_the_database_hangs_answers_503_and_changes_nothing(
                     answer = await http.delete(
                         f"{hub.http}/sessions/{session_id}", headers=staff_headers(), timeout=20
                     )
-                    status = answer.status_code
+                    status, error = answer.status_code, answer.json().get("error")
                 except httpx.ReadTimeout:
-                    status = None
+                    status = error = None
         finally:
             for proc in frozen:
                 with contextlib.suppress(psutil.Error):
                     proc.resume()
         assert status == 503
+        assert error == "database_unavailable"
         async with httpx.AsyncClient() as http:
             kept = await http.get(f"{hub.http}/sessions/{session_id}", headers=staff_headers())
         assert kept.status_code == 200
