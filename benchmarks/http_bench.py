@@ -110,9 +110,11 @@ async def fresh_database(admin_url: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def hub_process(database_url: str, port: int) -> AsyncIterator[tuple[str, str]]:
+async def hub_process(
+    database_url: str, port: int, role: str = "therapist"
+) -> AsyncIterator[tuple[str, str]]:
     """`hub serve` on `port` (migrating the empty database first) until the block ends;
-    yields its base URL and a therapist's credential for it."""
+    yields its base URL and a credential of `role` for it."""
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -134,7 +136,7 @@ async def hub_process(database_url: str, port: int) -> AsyncIterator[tuple[str, 
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT_S):
                 await wait_healthy(base, proc)
-                token = await create_token(env)
+                token = await create_token(env, role)
             yield base, token
         except BaseException:
             log.seek(0)
@@ -151,13 +153,13 @@ async def hub_process(database_url: str, port: int) -> AsyncIterator[tuple[str, 
                     await proc.wait()
 
 
-async def create_token(env: dict[str, str]) -> str:
+async def create_token(env: dict[str, str], role: str = "therapist") -> str:
     proc = await asyncio.create_subprocess_exec(
         *HUB,
         "token",
         "create",
         "--role",
-        "therapist",
+        role,
         "--name",
         "http-bench",
         "--ttl",

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tokens, first_admin = token_service(settings)
         announce(tokens, first_admin, settings)
         metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
-        engine = make_engine(url)
+        engine = make_engine(url, timeout_s=settings.db_statement_timeout_s)
         live = LiveHub(settings, url)
         await live.start()
         app.state.hub = HubContext(

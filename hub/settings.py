@@ -187,6 +187,11 @@ class Settings:
     http_max_header_bytes: int = 65_536
     http_header_timeout_s: int = 10
     http_body_timeout_s: int = 30
+    # The HTTP API's bound on connecting to PostgreSQL and on each statement: past it the
+    # request answers 503 database_unavailable and nothing is changed. It must stay above
+    # the slowest statement, the erasure of a long session (3-4 s for a 3-hour one; see
+    # benchmarks/erase_bench.py).
+    db_statement_timeout_s: int = 30
     max_watchers_per_session: int = 32
     # What connects hub nodes (workers, machines): "memory" (one process), "postgres"
     # (LISTEN/NOTIFY on DATABASE_URL) or a redis:// / rediss:// URL.
@@ -277,6 +282,9 @@ class Settings:
             http_max_header_bytes=_int(env, "HUB_HTTP_MAX_HEADER_BYTES", cls.http_max_header_bytes),
             http_header_timeout_s=_int(env, "HUB_HTTP_HEADER_TIMEOUT_S", cls.http_header_timeout_s),
             http_body_timeout_s=_int(env, "HUB_HTTP_BODY_TIMEOUT_S", cls.http_body_timeout_s),
+            db_statement_timeout_s=_int(
+                env, "HUB_DB_STATEMENT_TIMEOUT_S", cls.db_statement_timeout_s
+            ),
             max_watchers_per_session=_int(
                 env, "HUB_MAX_WATCHERS_PER_SESSION", cls.max_watchers_per_session
             ),

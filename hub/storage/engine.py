@@ -12,12 +12,20 @@ from sqlalchemy.ext.asyncio import (
 from hub.storage.models import Base
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(
+    database_url: str, *, pool_size: int = 10, timeout_s: float | None = None
+) -> AsyncEngine:
+    """`timeout_s` bounds each connect and each statement (the pre-ping included) on the
+    client side: a database that stops answering (a partition, a stalled disk) raises
+    TimeoutError instead of holding the caller until it answers. None waits for ever (the
+    CLI's one-off schema work)."""
+    connect_args = {} if timeout_s is None else {"timeout": timeout_s, "command_timeout": timeout_s}
     return create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        connect_args=connect_args,
         # Children's data must not end up in logs through echoed SQL parameters.
         echo=False,
         hide_parameters=True,

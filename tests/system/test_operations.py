@@ -203,18 +203,19 @@ async def test_host_check_answers_health_checks_without_host_and_fqdn_names(
     assert (await raw_status(port, no_host)).startswith(b"HTTP/1.1 400")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the HTTP API's engine (hub/storage/engine.py) sets no connect or statement "
-    "timeout, so a database that stops answering (a network partition, a stalled disk; here "
-    "SIGSTOP) holds every request, erasure included, until it answers again. The fix is a "
-    "timeout per statement, which needs a setting and a choice of value that does not cut "
-    "short the erasure of a very long session",
-)
 async def test_erasure_while_the_database_hangs_answers_503_and_changes_nothing(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    hub = HubProcess(None, tmp_path / "hub.log", migrate=True, HUB_DATA_DIR=str(data_dir))
+    """A database that stops answering (a partition, a stalled disk; here SIGSTOP) must not
+    hold a request until it answers again: past HUB_DB_STATEMENT_TIMEOUT_S the erasure answers
+    503 and, when the database is back, nothing of it was committed late."""
+    hub = HubProcess(
+        None,
+        tmp_path / "hub.log",
+        migrate=True,
+        HUB_DATA_DIR=str(data_dir),
+        HUB_DB_STATEMENT_TIMEOUT_S="3",
+    )
     try:
         await hub.start(timeout=90)
         session_id = await create_session(hub.http)
@@ -230,14 +231,15 @@ async def test_erasure_while_the_database_hangs_answers_503_and_changes_nothing(
                     answer = await http.delete(
                         f"{hub.http}/sessions/{session_id}", headers=staff_headers(), timeout=20
                     )
-                    status = answer.status_code
+                    status, error = answer.status_code, answer.json().get("error")
                 except httpx.ReadTimeout:
-                    status = None
+                    status = error = None
         finally:
             for proc in frozen:
                 with contextlib.suppress(psutil.Error):
                     proc.resume()
         assert status == 503
+        assert error == "database_unavailable"
         async with httpx.AsyncClient() as http:
             kept = await http.get(f"{hub.http}/sessions/{session_id}", headers=staff_headers())
         assert kept.status_code == 200
