@@ -19,6 +19,7 @@ from hub.live.buffer import BACKLOG_BATCHES, PendingFrame, WriteBuffer
 from hub.live.flusher import Flusher
 from hub.live.rooms import Limits, Outbox, Room
 from hub.storage.frames import asyncpg_dsn
+from hub.storage.live_store import LiveStore
 
 A, B, C = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 WAIT = 10.0
@@ -317,7 +318,7 @@ class Committed:
 async def test_the_flusher_takes_from_every_session_round_robin(pool: asyncpg.Pool) -> None:
     buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
     committed = Committed()
-    flusher = Flusher(buffer, pool, 0.05, committed, lambda ids: None)
+    flusher = Flusher(buffer, LiveStore(pool), 0.05, committed, lambda ids: None)
     fill(buffer, A, 3_000)  # a backlog of 60 flushes
     fill(buffer, B, 5)
     flusher.start()
@@ -344,7 +345,7 @@ async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
 ) -> None:
     buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
     committed = Committed()
-    flusher = Flusher(buffer, pool, 0.02, committed, lambda ids: None, isolate_s=0.1)
+    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
     flusher.start()
     locker = await pool.acquire()
     lock = locker.transaction()

@@ -37,7 +37,6 @@ from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Room, Watcher
 from hub.live.session import LiveSession
 from hub.settings import Settings
-from hub.storage import frames as store
 from hub.storage.frames import asyncpg_dsn
 from tests.live_support import (
     HubProcess,
@@ -457,10 +456,11 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
     node_b = await start_node()
     session_id = await new_session()
     read_done, release = asyncio.Event(), asyncio.Event()
-    real_load = store.load_session_state
+    assert node_b.store is not None
+    real_load = node_b.store.load_state
 
-    async def load_and_wait(conn: Any, sid: uuid.UUID) -> Any:
-        state = await real_load(conn, sid)
+    async def load_and_wait(sid: uuid.UUID, max_tasks: int) -> Any:
+        state = await real_load(sid, max_tasks)
         if sid == session_id and not release.is_set():
             read_done.set()
             await release.wait()
@@ -471,7 +471,7 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
         await node_a.attach_mirror(live_a)
         assert node_a.accept(live_a, [frame(s) for s in range(1, 4)]) is None
         await live_a.wait_stored(3)
-        monkeypatch.setattr(store, "load_session_state", load_and_wait)
+        monkeypatch.setattr(node_b.store, "load_state", load_and_wait)
         loading = asyncio.create_task(node_b._acquire(session_id))
         async with asyncio.timeout(WAIT):
             await read_done.wait()

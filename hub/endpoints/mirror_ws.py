@@ -6,7 +6,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from starlette.websockets import WebSocket
 
 from hub import closecodes, metrics
@@ -24,6 +23,7 @@ from hub.live.admission import Ticket
 from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.session import LiveSession, MirrorLink
+from hub.storage.live_store import StorageUnavailable
 
 log = logging.getLogger("hub.mirror")
 
@@ -116,13 +116,13 @@ def _reader(
 async def _end(live_hub: LiveHub, live: LiveSession, link: MirrorLink, last_seq: int) -> None:
     try:
         ended = await live_hub.end(live, last_seq)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except StorageUnavailable as exc:
         # The frames are stored, the end is not: the session goes on. The mirror reconnects
         # (1011) and sends `end` again.
         log.warning(
             "end of session=%s not stored (%s); the mirror sends it again",
             live.id,
-            type(exc).__name__,
+            exc,
         )
         link.outbox.close(closecodes.INTERNAL, "storage unavailable; send end again")
         return

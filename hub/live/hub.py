@@ -21,7 +21,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-import asyncpg
 import orjson
 from starlette.websockets import WebSocket
 
@@ -30,7 +29,7 @@ from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
 from hub.live.admission import Admission
 from hub.live.backplane import make_backplane
 from hub.live.backplane.base import Backplane
-from hub.live.buffer import PendingFrame, WriteBuffer
+from hub.live.buffer import WriteBuffer
 from hub.live.cluster import Cluster, PresenceNote
 from hub.live.connection import pump
 from hub.live.flusher import Flusher
@@ -38,7 +37,8 @@ from hub.live.rooms import Limits, Outbox, RemotePresence, Room, Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.schemas import LiveStats
 from hub.settings import Settings
-from hub.storage import frames as store
+from hub.storage.frames import asyncpg_dsn
+from hub.storage.live_store import LiveStore, MirrorClaim, PendingFrame, StorageUnavailable
 
 log = logging.getLogger("hub.live")
 
@@ -64,15 +64,20 @@ PUBLIC_SESSION_FIELDS = (
 
 
 class SessionUnavailable(Exception):
-    """The session's state cannot be loaded right now (PostgreSQL unreachable)."""
+    """The session cannot be used right now (its state cannot be loaded, or a mirror cannot
+    safely take it over): the client retries later."""
 
 
 class LiveHub:
     def __init__(
-        self, settings: Settings, database_url: str, backplane: Backplane | None = None
+        self,
+        settings: Settings,
+        database_url: str,
+        backplane: Backplane | None = None,
+        store: LiveStore | None = None,
     ) -> None:
         self.settings = settings
-        self.dsn = store.asyncpg_dsn(database_url)
+        self.dsn = asyncpg_dsn(database_url)
         self.cluster = Cluster(
             backplane or make_backplane(settings, self.dsn), settings.backplane_heartbeat_ms / 1000
         )
@@ -93,7 +98,8 @@ class LiveHub:
             state_bytes=settings.session_max_state_bytes,
         )
         self.accepting = True
-        self.pool: asyncpg.Pool | None = None
+        # Storage for the live path; connected by `start` unless given (tests wrap it).
+        self.store = store
         self.flusher: Flusher | None = None
         self.connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
         self.admission = Admission(
@@ -110,11 +116,11 @@ class LiveHub:
         self._erased_while_loading: set[uuid.UUID] = set()
 
     async def start(self) -> None:
-        # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=0, max_size=6)
+        if self.store is None:
+            self.store = await LiveStore.connect(self.dsn)
         self.flusher = Flusher(
             self.buffer,
-            self.pool,
+            self.store,
             self.settings.flush_interval_ms / 1000,
             self._committed,
             self._orphaned,
@@ -165,12 +171,11 @@ class LiveHub:
                 return None
 
     async def _load(self, session_id: uuid.UUID) -> LiveSession | None:
-        assert self.pool is not None
+        assert self.store is not None
         # Subscribe first: a frame published while storage is read then reaches the room
         # (or shows up as a gap, filled from storage) instead of falling between the two.
         await self.cluster.subscribe(session_id)
-        async with self.pool.acquire() as conn:
-            state = await store.load_session_state(conn, session_id, self.limits.tasks)
+        state = await self.store.load_state(session_id, self.limits.tasks)
         if state is None:
             return None
         row = state["session"]
@@ -205,18 +210,16 @@ class LiveHub:
     async def attach_mirror(self, live: LiveSession) -> MirrorLink:
         """Make a new mirror connection the session's writer. Raises SessionUnavailable when
         that cannot be done safely now (the mirror reconnects and tries again)."""
-        assert self.pool is not None
-        claim: tuple[int, float] | None = None
+        assert self.store is not None
+        claim: MirrorClaim | None = None
         try:
-            async with asyncio.timeout(STORAGE_TIMEOUT_S), self.pool.acquire() as conn:
-                if live.room.session.get("mirror_connected_at") is None:
-                    live.room.session["mirror_connected_at"] = await store.mark_mirror_connected(
-                        conn, live.id
-                    )
-                # The mirror may come from another node, which stored frames this node never
-                # accepted: continue after what storage holds.
-                claim = await store.mirror_claim(conn, live.id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            # The mirror may come from another node, which stored frames this node never
+            # accepted: continue after what storage holds.
+            first = live.room.session.get("mirror_connected_at") is None
+            claim = await self.store.claim_mirror(live.id, first, STORAGE_TIMEOUT_S)
+            if claim.mirror_connected_at is not None:
+                live.room.session["mirror_connected_at"] = claim.mirror_connected_at
+        except StorageUnavailable as exc:
             # Storage is down. If no other node is known to hold this mirror, this node's
             # memory is the truth, as with one process: the mirror goes on streaming into the
             # write buffer (invariant 5). Otherwise its frames may be elsewhere: retry later.
@@ -231,8 +234,8 @@ class LiveHub:
         if live.dropped or live.erased or live.ended:
             raise SessionUnavailable("session changed meanwhile; reconnect")
         if claim is not None:
-            stored_seq, claimed_at = claim
-            live.adopt_stored(stored_seq)
+            claimed_at = claim.claimed_at
+            live.adopt_stored(claim.stored_seq)
             self._db_clock_offset = claimed_at - time.time()
         else:  # storage down: the database's clock as this node last saw it
             claimed_at = time.time() + self._db_clock_offset
@@ -278,11 +281,12 @@ class LiveHub:
             if other is not live
             for k in key & other.room.tasks.keys()
         }
-        assert self.pool is not None
+        assert self.store is not None
         try:
-            async with asyncio.timeout(TASK_CHECK_TIMEOUT_S), self.pool.acquire() as conn:
-                taken |= await store.tasks_of_other_sessions(conn, live.id, list(new - taken))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            taken |= await self.store.tasks_of_other_sessions(
+                live.id, list(new - taken), TASK_CHECK_TIMEOUT_S
+            )
+        except StorageUnavailable:
             # Storage is down: streaming goes on (invariant 5). Should the id be another
             # session's after all, storage leaves that session's row alone.
             pass
@@ -347,9 +351,8 @@ class LiveHub:
                 "send the missing frames first",
             )
         await live.wait_stored(last_seq)
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            ended_at = await store.mark_ended(conn, live.id)
+        assert self.store is not None
+        ended_at = await self.store.mark_ended(live.id)
         self.cluster.ended(live.id, last_seq, ended_at)
         self._end_after(live, last_seq, ended_at)
         return encode(Ended(last_seq=last_seq)).decode()
@@ -462,7 +465,7 @@ class LiveHub:
             before = room.seq
             try:
                 page = await self.stored_frames(live.id, room.seq, room.wanted)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except StorageUnavailable:
                 page = []
             for seq, text in page:
                 self._offer(live, seq, text)
@@ -555,11 +558,12 @@ class LiveHub:
 
     async def _sync_from_storage(self, lives: list[LiveSession]) -> None:
         """Learn from storage (one query) the frames and ends these sessions' rooms missed."""
-        assert self.pool is not None
+        assert self.store is not None
         try:
-            async with asyncio.timeout(self.cluster.heartbeat_s), self.pool.acquire() as conn:
-                tails = await store.stored_tails(conn, [live.id for live in lives])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            tails = await self.store.stored_tails(
+                [live.id for live in lives], self.cluster.heartbeat_s
+            )
+        except StorageUnavailable:
             return  # storage is down or slow: the next heartbeat asks again
         for live in lives:
             stored_seq, ended_at = tails.get(live.id, (0, None))
@@ -651,9 +655,8 @@ class LiveHub:
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
     ) -> list[tuple[int, str]]:
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            return await store.frames_between(conn, session_id, after, upto, page)
+        assert self.store is not None
+        return await self.store.frames_between(session_id, after, upto, page)
 
     async def serve(
         self,
@@ -728,7 +731,7 @@ class LiveHub:
             for task in leftovers:
                 task.cancel()
             await asyncio.gather(*leftovers, return_exceptions=True)
-            if self.pool is not None:
-                await self.pool.close()
+            if self.store is not None:
+                await self.store.close()
         finally:
             self._shutdown_done.set_result(None)
