@@ -10,6 +10,7 @@ from starlette.websockets import WebSocket
 
 from hub import closecodes, metrics
 from hub.context import HubContext, context
+from hub.endpoints.connection import close, serve
 from hub.endpoints.ws_common import connection_lifetime, handshake, welcome
 from hub.frames import (
     End,
@@ -20,7 +21,6 @@ from hub.frames import (
     frames_of,
 )
 from hub.live.admission import Ticket
-from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.session import LiveSession, MirrorLink
 from hub.storage.live_store import StorageUnavailable
@@ -67,7 +67,7 @@ async def _stream(
             welcome(live, "mirror", live.last_accepted, ctx.settings, live_hub.cluster.node)
         )
         log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
-        await live_hub.serve(websocket, link.outbox, _reader(ctx, live, link), link)
+        await serve(live_hub, websocket, link.outbox, _reader(ctx, live, link), link)
     finally:
         live_hub.detach_mirror(live, link)
         log.info("mirror disconnected session=%s stored_seq=%d", session_id, live.stored_seq)

@@ -10,10 +10,10 @@ from starlette.websockets import WebSocket
 from hub import closecodes
 from hub.auth import Principal
 from hub.context import HubContext, context
+from hub.endpoints.connection import close, serve
 from hub.endpoints.ws_common import PEER_GONE, connection_lifetime, handshake, welcome
 from hub.frames import Ended, Hello, ProtocolError, encode, error_message
 from hub.live.admission import Ticket
-from hub.live.connection import close
 from hub.live.hub import LiveHub, SessionUnavailable
 from hub.live.rooms import Watcher
 from hub.live.session import LiveSession
@@ -111,7 +111,7 @@ async def _watch(
                 error_message(ProtocolError("unexpected_message", "watchers only listen")).decode()
             )
 
-        await live_hub.serve(websocket, watcher.outbox, on_text)
+        await serve(live_hub, websocket, watcher.outbox, on_text)
     finally:
         live_hub.leave(live, watcher)
 

@@ -18,11 +18,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import orjson
-from starlette.websockets import WebSocket
 
 from hub import closecodes, metrics
 from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
@@ -31,9 +30,8 @@ from hub.live.backplane import make_backplane
 from hub.live.backplane.base import Backplane
 from hub.live.buffer import WriteBuffer
 from hub.live.cluster import Cluster, PresenceNote
-from hub.live.connection import pump
 from hub.live.flusher import Flusher
-from hub.live.rooms import Limits, Outbox, RemotePresence, Room, Watcher
+from hub.live.rooms import Limits, RemotePresence, Room, Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.schemas import LiveStats
 from hub.settings import Settings
@@ -101,7 +99,7 @@ class LiveHub:
         # Storage for the live path; connected by `start` unless given (tests wrap it).
         self.store = store
         self.flusher: Flusher | None = None
-        self.connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
+        self._connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
         self.admission = Admission(
             settings.max_connections,
             settings.max_connections_per_client,
@@ -658,26 +656,12 @@ class LiveHub:
         assert self.store is not None
         return await self.store.frames_between(session_id, after, upto, page)
 
-    async def serve(
-        self,
-        websocket: WebSocket,
-        outbox: Outbox,
-        on_text: Callable[[str], Awaitable[None]],
-        link: MirrorLink | None = None,
-    ) -> None:
-        """Run one connection until it ends; shutdown waits for every one of them."""
-        rate = self.settings.ws_max_messages_per_s
-        task = asyncio.create_task(pump(websocket, outbox, on_text, rate, link))
-        self.connections.add(task)
-        gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
-        gauge.inc()
-        try:
-            await asyncio.shield(task)
-        finally:
-            if not task.done():  # the endpoint itself was cancelled
-                task.cancel()
-            self.connections.discard(task)
-            gauge.dec()
+    def connection_opened(self, connection: asyncio.Task[None]) -> None:
+        """A socket's task (run above this package): shutdown waits for it to close."""
+        self._connections.add(connection)
+
+    def connection_closed(self, connection: asyncio.Task[None]) -> None:
+        self._connections.discard(connection)
 
     def stats(self) -> LiveStats:
         sessions = list(self.sessions.values())
@@ -720,8 +704,8 @@ class LiveHub:
                     live.mirror.outbox.close(closecodes.RESTART, reason, flush=True)
                 for watcher in live.room.watchers:
                     watcher.outbox.close(closecodes.RESTART, flush=True)
-            if self.connections:
-                await asyncio.wait(list(self.connections), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
             for live in list(self.sessions.values()):  # the other nodes need not wait for expiry
                 self.cluster.presence(live.id, live.last_accepted, live.stored_seq, 0, 0.0)
             await self.cluster.stop()

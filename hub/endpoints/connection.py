@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from hub import closecodes, metrics
 from hub.frames import Ack, encode
+from hub.live.hub import LiveHub
 from hub.live.rooms import Outbox
 from hub.live.session import MirrorLink
 
@@ -104,6 +105,28 @@ def _close_on_failure(reader: asyncio.Task[None], outbox: Outbox) -> None:
         return  # the peer is gone: nobody to tell
     log.error("connection failed; closing with 1011", exc_info=exc)
     outbox.close(closecodes.INTERNAL)
+
+
+async def serve(
+    node: LiveHub,
+    websocket: WebSocket,
+    outbox: Outbox,
+    on_text: Callable[[str], Awaitable[None]],
+    link: MirrorLink | None = None,
+) -> None:
+    """Run one connection until it ends; the node's shutdown waits for every one of them."""
+    rate = node.settings.ws_max_messages_per_s
+    task = asyncio.create_task(pump(websocket, outbox, on_text, rate, link))
+    node.connection_opened(task)
+    gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
+    gauge.inc()
+    try:
+        await asyncio.shield(task)
+    finally:
+        if not task.done():  # the endpoint itself was cancelled
+            task.cancel()
+        node.connection_closed(task)
+        gauge.dec()
 
 
 class RateLimit:
