@@ -26,7 +26,7 @@ from hub.endpoints import docs, landing, watch_page
 from hub.endpoints.common import HTTPError, error_response, guard, json_response
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
-from hub.live.hub import LiveHub
+from hub.live.node import LiveHub
 from hub.openapi import all_operations, build_openapi
 from hub.settings import Settings
 from hub.storage.engine import make_engine, make_sessionmaker

@@ -1,7 +1,7 @@
 """Wire protocol v1: a sans-I/O codec for the JSON text messages on the WebSockets.
 
 No asyncio here: `decode_client_message` turns bytes into typed messages or raises
-ProtocolError with a machine-readable code; the `encode_*` helpers build what the hub sends.
+ProtocolError with a machine-readable code; `encode` turns what the hub sends into bytes.
 docs/protocol.md describes the same protocol for client authors.
 """
 

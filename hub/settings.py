@@ -1,8 +1,8 @@
 """Configuration: the only module that reads the environment and `.env`.
 
-Every knob is listed in `FIELDS` with its default and meaning; README's configuration table
-mirrors it. Values come from the process environment first, then from a `.env` file in the
-working directory.
+Every knob is a field of `Settings` with its default, read by `Settings.from_env`; README's
+configuration table gives each one's variable and meaning. Values come from the process
+environment first, then from a `.env` file in the working directory.
 """
 
 from __future__ import annotations

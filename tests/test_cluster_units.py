@@ -15,7 +15,7 @@ import pytest
 from hub.frames import MetricsFrame, encode
 from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.cluster import Cluster, PresenceNote, channel_of, session_of
-from hub.live.hub import LiveHub
+from hub.live.node import LiveHub
 from hub.live.rooms import RemotePresence, Room, Watcher
 from hub.live.session import LiveSession
 from hub.settings import Settings
@@ -41,7 +41,7 @@ def test_frames_in_order_are_published_at_once() -> None:
     for seq in (1, 2, 3):
         room.offer(seq, frame_text(seq))
     assert delivered(watcher) == [frame_text(s) for s in (1, 2, 3)]
-    assert room.seq == 3 and not room.behind
+    assert room.published_seq == 3 and not room.behind
     assert room.latest == {"accuracy": 0.03}
 
 
@@ -56,7 +56,7 @@ def test_a_frame_ahead_of_a_gap_waits_for_the_gap() -> None:
     room, watcher = make_room(seq=10)
     room.offer(13, frame_text(13))
     room.offer(12, frame_text(12))
-    assert delivered(watcher) == [] and room.behind and room.wanted == 13
+    assert delivered(watcher) == [] and room.behind and room.known_seq == 13
     room.offer(11, frame_text(11))  # from storage
     assert delivered(watcher) == [frame_text(s) for s in (11, 12, 13)]
     assert not room.behind and not room.pending
@@ -87,7 +87,7 @@ def test_stale_pending_entries_are_dropped_once_passed() -> None:
     room.offer(3, frame_text(3))
     for seq in (1, 2, 3):  # storage delivers 3 before the pending copy is looked at
         room.offer(seq, frame_text(seq))
-    assert not room.pending and room.seq == 3
+    assert not room.pending and room.published_seq == 3
 
 
 def test_presence_sums_the_nodes() -> None:
@@ -222,14 +222,14 @@ def live_hub_with_remote_mirror(backplane: MemoryBackplane) -> tuple[LiveHub, Ro
     hub = LiveHub(Settings(backplane_heartbeat_ms=1000), "postgresql://unused/none", backplane)
     room, _ = make_room()
     live = LiveSession(uuid.uuid4(), 0, False, room)
-    hub.sessions[live.id] = live
+    hub.sessions.add(live)
     room.remote["other"] = RemotePresence(watchers=1, mirror_since=5.0, heard_at=0.0)
     return hub, room
 
 
 async def test_silent_nodes_drop_out_of_presence() -> None:
     hub, room = live_hub_with_remote_mirror(Unplugged())
-    await hub._heartbeat()
+    await hub.peers.heartbeat()
     assert room.remote == {} and room.presence().mirror == "disconnected"
 
 
@@ -237,9 +237,9 @@ async def test_presence_is_kept_while_the_own_link_is_down_and_refreshed_on_rese
     backplane = Unplugged()
     backplane.connected = False
     hub, room = live_hub_with_remote_mirror(backplane)
-    await hub._heartbeat()  # our link is down: the other node's silence proves nothing
+    await hub.peers.heartbeat()  # our link is down: the other node's silence proves nothing
     assert room.presence().mirror == "connected"
     backplane.connected = True
-    hub.on_backplane_reset()  # back: the other node gets a full expiry period to speak up
-    await hub._heartbeat()
+    hub.peers.on_backplane_reset()  # back: the other node gets a full expiry period to speak up
+    await hub.peers.heartbeat()
     assert room.presence().mirror == "connected"

@@ -33,11 +33,12 @@ from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.backplane.postgres import PostgresBackplane
 from hub.live.buffer import PendingFrame
 from hub.live.cluster import Cluster, channel_of
-from hub.live.hub import LiveHub, SessionUnavailable
+from hub.live.node import LiveHub, SessionUnavailable
 from hub.live.rooms import Room, Watcher
 from hub.live.session import LiveSession
 from hub.settings import Settings
 from hub.storage.frames import asyncpg_dsn
+from hub.storage.live_store import LiveStore
 from tests.live_support import (
     HubProcess,
     closed_with,
@@ -56,26 +57,49 @@ WAIT = 10.0  # the longest any awaited event may take before a test fails
 # --- two nodes in this process ---------------------------------------------------------
 
 
-class Node(LiveHub):
-    """A LiveHub that also tells the test what its flusher committed."""
+class GatedStore(LiveStore):
+    """The live store, whose frame reads can be held: when `gate` is set, the next read
+    waits for it (a slow read: the pool is busy, or the query is); `reading` says one is
+    waiting."""
 
-    def __init__(self, settings: Settings, database_url: str, backplane: Backplane) -> None:
-        super().__init__(settings, database_url, backplane)
-        self.committed_upto: dict[uuid.UUID, int] = {}
-        self._commit = asyncio.Condition()
-        # When set, the gap filler's next storage read waits for it (a slow read: the pool
-        # is busy, or the query is); `fill_reading` says one is waiting.
-        self.fill_gate: asyncio.Event | None = None
-        self.fill_reading = asyncio.Event()
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
 
-    async def stored_frames(
+    async def frames_between(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
     ) -> list[tuple[int, str]]:
-        gate = self.fill_gate
+        gate = self.gate
         if gate is not None:
-            self.fill_reading.set()
+            self.reading.set()
             await gate.wait()
-        return await super().stored_frames(session_id, after, upto, page)
+        return await super().frames_between(session_id, after, upto, page)
+
+
+class Node(LiveHub):
+    """A LiveHub on a GatedStore that also tells the test what its flusher committed."""
+
+    def __init__(
+        self, settings: Settings, database_url: str, backplane: Backplane, store: GatedStore
+    ) -> None:
+        super().__init__(settings, database_url, backplane, store)
+        self.gated = store
+        self.committed_upto: dict[uuid.UUID, int] = {}
+        self._commit = asyncio.Condition()
+
+    # The gap filler's (and catch-up's) storage reads wait for this event while it is set.
+    @property
+    def fill_gate(self) -> asyncio.Event | None:
+        return self.gated.gate
+
+    @fill_gate.setter
+    def fill_gate(self, gate: asyncio.Event | None) -> None:
+        self.gated.gate = gate
+
+    @property
+    def fill_reading(self) -> asyncio.Event:
+        return self.gated.reading
 
     def _committed(self, batch: Sequence[PendingFrame]) -> None:
         super()._committed(batch)
@@ -109,6 +133,7 @@ async def start_node(
             dataclasses.replace(settings, **values),
             database_url,
             backplane or MemoryBackplane(broker),
+            await GatedStore.connect(asyncpg_dsn(database_url)),
         )
         await node.start()
         started.append(node)
@@ -184,7 +209,7 @@ async def stream_then_leave(
 async def heartbeats(*nodes: Node, rounds: int = 3) -> None:
     for _ in range(rounds):
         for node in nodes:
-            await node._heartbeat()
+            await node.peers.heartbeat()
         await settle()
 
 
@@ -273,8 +298,8 @@ async def test_mirror_pinned_before_a_resync_reconnects_and_is_acked(
         # The old owner's last word before it died: frames up to 3 accepted, none stored.
         old_owner.cluster.presence(session_id, 3, 0, 0, 1.0)
         await settle()
-        assert live_b.room.wanted == 3
-        filling = live_b.filling
+        assert live_b.room.known_seq == 3
+        filling = node_b.gaps.filling(live_b)
         assert filling is not None
         async with asyncio.timeout(WAIT):
             await filling  # gives up: `_lost_track`
@@ -319,9 +344,9 @@ async def test_end_on_a_node_whose_room_is_behind_waits_for_the_missing_frames(
         await node_b.end(live_b, 4)
         gate, node_b.fill_gate = node_b.fill_gate, None
         gate.set()
-        if live_b.filling is not None:
+        if node_b.gaps.filling(live_b) is not None:
             async with asyncio.timeout(WAIT):
-                await live_b.filling
+                await node_b.gaps.filling(live_b)
         assert kinds(watcher)[-1] == "ended"
         assert seqs(watcher) == [1, 2, 3, 4], (
             f"watcher got {seqs(watcher)} then ended last_seq=4 and a 1000 close"
@@ -344,7 +369,7 @@ async def test_heartbeat_unsubscribe_racing_a_load_keeps_the_subscription(
     async with node_b.use(session_id):
         pass
     assert session_id not in node_b.sessions  # evicted; still subscribed
-    sweep = asyncio.create_task(node_b._heartbeat())
+    sweep = asyncio.create_task(node_b.peers.heartbeat())
     await asyncio.sleep(0)  # the sweep takes the lock and awaits UNLISTEN
     assert node_b.cluster._subscriptions.locked()
     async with node_b.use(session_id) as live_b, node_a.use(session_id) as live_a:
@@ -428,13 +453,13 @@ async def test_tail_lost_then_mirror_leaves_is_filled_from_storage(
             node_a.detach_mirror(live_a, link)  # the device went away
             await settle()
         await heartbeats(node_a, node_b)
-        if live_b.filling is not None:
+        if node_b.gaps.filling(live_b) is not None:
             async with asyncio.timeout(WAIT):
-                await live_b.filling
+                await node_b.gaps.filling(live_b)
         await settle()
         assert seqs(watcher) == [1, 2, 3, 4, 5] or watcher.outbox.close_code is not None, (
-            f"B's watcher got {seqs(watcher)}, room seq {live_b.room.seq} wanted "
-            f"{live_b.room.wanted}, no close"
+            f"B's watcher got {seqs(watcher)}, room seq {live_b.room.published_seq} wanted "
+            f"{live_b.room.known_seq}, no close"
         )
 
 
@@ -472,7 +497,7 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
         assert node_a.accept(live_a, [frame(s) for s in range(1, 4)]) is None
         await live_a.wait_stored(3)
         monkeypatch.setattr(node_b.store, "load_state", load_and_wait)
-        loading = asyncio.create_task(node_b._acquire(session_id))
+        loading = asyncio.create_task(node_b.sessions.acquire(session_id))
         async with asyncio.timeout(WAIT):
             await read_done.wait()
         await node_a.end(live_a, 3)
@@ -488,7 +513,7 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
             "session ended in storage, but B holds it as live and its watcher waits for ever"
         )
     finally:
-        live_b.pins -= 1
+        live_b.unpin()
 
 
 # --- a frame a node cannot decode -------------------------------------------------------

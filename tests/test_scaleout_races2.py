@@ -30,7 +30,7 @@ from hub import closecodes
 from hub.frames import MetricsFrame, ProtocolError, encode
 from hub.live.backplane.memory import MemoryBackplane
 from hub.live.buffer import PendingFrame
-from hub.live.hub import SessionUnavailable
+from hub.live.node import SessionUnavailable
 from hub.live.rooms import Watcher
 from hub.live.session import LiveSession
 from hub.settings import Settings
@@ -110,6 +110,7 @@ async def node_behind_proxy(
             dataclasses.replace(settings, **values),
             dsn(),
             MemoryBackplane(backplane.broker),
+            await races.GatedStore.connect(asyncpg_dsn(dsn())),
         )
         await node.start()
         started.append((node, proxy))
@@ -143,7 +144,7 @@ async def mirror_left_a_and_b_lost_storage(
             await live_a.wait_stored(6)
             assert link_a.acked == 6  # the device drops frames 1..6
             await settle()
-            assert live_b.room.seq == 6
+            assert live_b.room.published_seq == 6
             node_a.detach_mirror(live_a, link_a)  # the device leaves A
             await settle()
             await proxy.stop()  # ... and reaches B, whose PostgreSQL is gone
@@ -276,7 +277,7 @@ async def test_unreadable_frame_with_the_mirror_here_does_not_loop_on_4009(
             unreadable = sum("unreadable here" in r.getMessage() for r in caplog.records)
             assert not closed(watcher), (
                 f"the resumed watcher was closed with {watcher.outbox.close_code} again after "
-                f"frames {seqs(watcher)}; room seq {live_b.room.seq} (stored 5), frame 1 "
+                f"frames {seqs(watcher)}; room seq {live_b.room.published_seq} (stored 5), frame 1 "
                 f"reported unreadable {unreadable} times"
             )
             assert seqs(watcher) == list(range(watcher.skip_upto + 1, 6))
@@ -311,11 +312,11 @@ async def test_no_gap_fill_outlives_shutdown(
 
         monkeypatch.setattr(node_b.cluster, "stop", stop_while_a_frame_arrives)
         await node_b.shutdown()
-        filling = live_b.filling
+        filling = node_b.gaps.filling(live_b)
         try:
             assert filling is None or filling.done(), (
-                f"a gap fill is still running after shutdown (room seq {live_b.room.seq}, "
-                f"wanted {live_b.room.wanted})"
+                "a gap fill is still running after shutdown (room published"
+                f" {live_b.room.published_seq}, known {live_b.room.known_seq})"
             )
         finally:
             if filling is not None and not filling.done():
@@ -353,7 +354,7 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
             live_b.ended
             and live_b.end_after is not None
             and live_b.end_after[0] == 3
-            and live_b.room.seq == 0
+            and live_b.room.published_seq == 0
         )
         resumed = Watcher(1000, 0)
         node_b.join(live_b, resumed)
@@ -401,4 +402,4 @@ async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
         await proxy.start()
         async with node_b.use(session_id) as fresh:
             assert fresh is not None and fresh is not live_b
-            assert fresh.ended and fresh.end_after is None and fresh.room.seq == 3
+            assert fresh.ended and fresh.end_after is None and fresh.room.published_seq == 3

@@ -16,8 +16,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from hub import closecodes, metrics
 from hub.frames import Ack, encode
-from hub.live.hub import LiveHub
-from hub.live.rooms import Outbox
+from hub.live.node import LiveHub
+from hub.live.sendqueue import SendQueue
 from hub.live.session import MirrorLink
 
 log = logging.getLogger("hub.connection")
@@ -43,7 +43,9 @@ async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = 
         pass
 
 
-async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | None = None) -> None:
+async def run_writer(
+    websocket: WebSocket, outbox: SendQueue, link: MirrorLink | None = None
+) -> None:
     """Drain `outbox` (and, for a mirror, its newest ack) into the socket until a close is
     requested; the caller closes the socket. A send blocks while the peer does not read."""
     sent_ack = link.acked if link is not None else 0
@@ -67,7 +69,7 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
 
 async def pump(
     websocket: WebSocket,
-    outbox: Outbox,
+    outbox: SendQueue,
     on_text: Callable[[str], Awaitable[None]],
     rate: float,
     link: MirrorLink | None = None,
@@ -95,7 +97,7 @@ async def pump(
         await asyncio.gather(writer, reader, closing, return_exceptions=True)
 
 
-def _close_on_failure(reader: asyncio.Task[None], outbox: Outbox) -> None:
+def _close_on_failure(reader: asyncio.Task[None], outbox: SendQueue) -> None:
     """The reader failed (a bug, or storage failing where it was not expected): say so with
     the traceback and close with 1011, so the client resumes instead of seeing a bare drop."""
     if not reader.done() or reader.cancelled() or outbox.close_code is not None:
@@ -110,7 +112,7 @@ def _close_on_failure(reader: asyncio.Task[None], outbox: Outbox) -> None:
 async def serve(
     node: LiveHub,
     websocket: WebSocket,
-    outbox: Outbox,
+    outbox: SendQueue,
     on_text: Callable[[str], Awaitable[None]],
     link: MirrorLink | None = None,
 ) -> None:
@@ -151,7 +153,7 @@ class RateLimit:
 
 async def _read(
     websocket: WebSocket,
-    outbox: Outbox,
+    outbox: SendQueue,
     on_text: Callable[[str], Awaitable[None]],
     rate_limit: RateLimit,
 ) -> None:
