@@ -22,12 +22,14 @@ from hub import metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.edge import HostGuard
-from hub.endpoints import docs, landing, watch_page
-from hub.endpoints.common import HTTPError, error_response, guard, json_response
+from hub.endpoints import api, client_assets, docs, landing, watch_page
+from hub.endpoints.errors import HTTPError, error_response
+from hub.endpoints.guard import guard
 from hub.endpoints.mirror_ws import mirror_endpoint
+from hub.endpoints.responses import json_response
 from hub.endpoints.watch_ws import watch_endpoint
 from hub.live.node import LiveHub
-from hub.openapi import all_operations, build_openapi
+from hub.openapi import build_openapi
 from hub.settings import Settings
 from hub.storage.engine import make_engine, make_sessionmaker
 
@@ -36,7 +38,7 @@ log = logging.getLogger("hub")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    openapi_document = build_openapi()
+    openapi_document = build_openapi(api.OPERATIONS)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document)
@@ -80,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if embedded is not None:
                 embedded.stop()
 
-    routes: list[BaseRoute] = [op.route() for op in all_operations()]
+    routes: list[BaseRoute] = [*api.routes()]
     routes.append(Route("/openapi.json", openapi, include_in_schema=False))
     routes.extend(docs.routes)
     routes.extend(landing.routes)
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
     routes.extend(watch_page.routes)
+    routes.extend(client_assets.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -163,7 +166,15 @@ def drain_on_signal(live: LiveHub) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     previous: dict[int, object] = {}
 
+    draining: list[asyncio.Task[None]] = []
+
     def handler(signum: int, frame: FrameType | None) -> None:
+        if draining:
+            # A second Ctrl-C would be uvicorn's "force quit": it skips the application's
+            # shutdown, and the lifespan cancelled at exit logs a traceback. The drain is
+            # bounded (the flush, then the closes, time out): let it finish.
+            log.info("already stopping; storing what is buffered first")
+            return
         uvicorn_handler = previous[signum]
 
         def then_uvicorn(_: object) -> None:
@@ -172,6 +183,7 @@ def drain_on_signal(live: LiveHub) -> Callable[[], None]:
 
         task = loop.create_task(live.shutdown())
         task.add_done_callback(then_uvicorn)
+        draining.append(task)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         current = signal.getsignal(sig)

@@ -258,11 +258,12 @@ def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_interrupts())
-        if settings.database_url is None and settings.backplane_kind == "memory":
+        if settings.database_url is None:
             from hub.storage.embedded import EmbeddedError, claim_for_serving
 
+            alone = settings.backplane_kind == "memory"
             try:
-                stack.enter_context(claim_for_serving(settings.data_dir, args.port))
+                stack.enter_context(claim_for_serving(settings.data_dir, args.port, alone=alone))
             except EmbeddedError as exc:  # another hub serves it, or it is unusable
                 log.error("%s", exc)
                 return 2
@@ -351,18 +352,23 @@ def metrics_dir(workers: int | None) -> Iterator[None]:
 
 
 def run_token(args: argparse.Namespace, settings: Settings) -> int:
-    from hub.auth import parse_ttl, token_service
+    from hub.auth import parse_ttl, show_first_admin, token_service
 
     try:
         ttl = parse_ttl(args.ttl)
         session_id = uuid.UUID(args.session) if args.session else None
-        service, _ = token_service(settings)
+        service, first_admin = token_service(settings)
         if service is None:
             raise ValueError("authentication is disabled (HUB_AUTH_DISABLED); no token needed")
         print(service.issue(args.role, args.name, ttl, session_id=session_id))
     except ValueError as exc:
         print(f"hub: {exc}", file=sys.stderr)
         return 2
+    if first_admin is not None:
+        # The signing secret was made just now, so `hub serve` will find it and not show the
+        # first admin token: show it here, where the secret was made (if this is not the
+        # hub's data directory, the path in the box says so).
+        show_first_admin(first_admin, settings)
     return 0
 
 

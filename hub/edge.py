@@ -40,12 +40,13 @@ ASGIApp = Any
 
 
 def host_name(host_header: str) -> str:
-    """The name in a Host header, without the port: "[::1]:8000" → "::1"."""
+    """The name in a Host header, without the port: "[::1]:8000" → "::1"; a fully qualified
+    name's final dot is dropped ("localhost.:8000" → "localhost": the same name)."""
     host = host_header.strip().lower()
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     name, _, port = host.rpartition(":")
-    return name if name and port.isdigit() else host
+    return (name if name and port.isdigit() else host).removesuffix(".")
 
 
 def _same_address(name: str, address: str) -> bool:
@@ -68,7 +69,10 @@ class HostGuard:
             return True
         raw = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
         if raw is None:
-            return False  # HTTP/1.1 requires Host; without it nothing can be checked
+            # HTTP/1.1 requires Host. An HTTP/1.0 request without one is no rebinding attack
+            # (browsers always send Host) but a load balancer's health check (HAProxy's
+            # `option httpchk` sends none), which must not take the hub out of service.
+            return scope.get("http_version") == "1.0"
         name = host_name(raw.decode("latin-1"))
         if name in self.allowed:
             return True

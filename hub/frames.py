@@ -1,7 +1,8 @@
 """Wire protocol v1: a sans-I/O codec for the JSON text messages on the WebSockets.
 
 No asyncio here: `decode_client_message` turns bytes into typed messages or raises
-ProtocolError with a machine-readable code; `encode` turns what the hub sends into bytes.
+ProtocolError with a machine-readable code; `encode` (and `error_message` for a ProtocolError)
+turns the hub → client Structs below into the bytes the hub sends.
 docs/protocol.md describes the same protocol for client authors.
 """
 

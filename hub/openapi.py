@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document, generated from the operations the endpoints declare.
 
-Each endpoint module lists its `Operation`s; an Operation is both the route the app mounts and
-the entry in the document, so the two cannot drift apart.
+Each endpoint module lists its `Operation`s; the app mounts them as routes
+(`hub.endpoints.api`) and hands the same list to `build_openapi`, so the routes and the
+document cannot drift apart. This module imports no endpoint: it only describes them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 import hub
 from hub.auth import Role
-from hub.endpoints.common import guard
 from hub.schemas import ErrorBody
 
 REF = "#/components/schemas/{name}"
@@ -65,23 +64,12 @@ class Operation:
     # Who may call it; None: public (no credential needed).
     roles: tuple[Role, ...] | None = ("admin", "therapist")
 
-    def route(self) -> Route:
-        endpoint = self.endpoint if self.roles is None else guard(self.endpoint, self.roles)
-        return Route(self.path, endpoint, methods=[self.method], name=self.operation_id)
-
 
 def uuid_path(name: str, what: str) -> Param:
     return Param(name, "path", {"type": "string", "format": "uuid"}, f"{what} id", True)
 
 
-def all_operations() -> list[Operation]:
-    from hub.endpoints import admin, health, sessions, tasks
-
-    return [*sessions.OPERATIONS, *tasks.OPERATIONS, *admin.OPERATIONS, *health.OPERATIONS]
-
-
-def build_openapi(operations: list[Operation] | None = None) -> dict[str, Any]:
-    operations = all_operations() if operations is None else operations
+def build_openapi(operations: list[Operation]) -> dict[str, Any]:
     types = {ErrorBody, *(op.response for op in operations)}
     types.update(t for op in operations for _, t, _ in op.other_responses)
     types.update(op.body for op in operations if op.body is not None)

@@ -1,8 +1,8 @@
 """Configuration: the only module that reads the environment and `.env`.
 
-Every knob is a field of `Settings` with its default, read by `Settings.from_env`; README's
-configuration table gives each one's variable and meaning. Values come from the process
-environment first, then from a `.env` file in the working directory.
+Every knob is a field of `Settings` with its default and meaning; `Settings.from_env` names its
+environment variable, and README's configuration table mirrors both. Values come from the
+process environment first, then from a `.env` file in the working directory.
 """
 
 from __future__ import annotations
@@ -262,7 +262,9 @@ class Settings:
                 if o.strip()
             ),
             allowed_hosts=tuple(
-                h.strip().lower() for h in env.get("HUB_ALLOWED_HOSTS", "").split(",") if h.strip()
+                h.strip().lower().removesuffix(".")
+                for h in env.get("HUB_ALLOWED_HOSTS", "").split(",")
+                if h.strip()
             ),
             ws_max_messages_per_s=_int(env, "HUB_WS_MAX_MESSAGES_PER_S", cls.ws_max_messages_per_s),
             max_connections_per_client=_int(

@@ -44,7 +44,7 @@ write_readme() {  # write_readme DIR NAME VERSION INTEGRITY FILES...
         for f in "$@"; do echo "  $f"; done
         echo
         echo "To upgrade: change the pinned version in scripts/vendor_docs_assets.sh, run it,"
-        echo "and run tests/test_docs_render.py (renders the pages in headless Chromium)."
+        echo "and run tests/browser/test_docs_render.py (renders the pages in headless Chromium)."
     } >"$dir/README.txt"
 }
 

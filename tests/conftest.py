@@ -9,37 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hub.app import create_app
-from hub.cli import alembic_config
 from hub.settings import Settings, normalize_database_url
-from tests.live_support import TEST_SECRET, HubProcess, staff_headers
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def embedded_data_dir() -> Iterator[Path]:
-    """A data folder for an embedded PostgreSQL, outside pytest's tmp tree: as root the server
-    runs as its own system user, which must traverse every parent folder, and pytest resets
-    its tmp root to 0700 whenever another pytest process starts."""
-    path = Path(tempfile.mkdtemp(prefix="hub-test-pg-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+from tests.support.database import admin_sql, embedded_data_dir, upgrade
+from tests.support.live import TEST_SECRET, HubProcess, staff_headers
 
 
 @pytest.fixture
@@ -65,31 +48,11 @@ def server_url() -> Iterator[str]:
             embedded.stop()
 
 
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    def run(connection: object) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        config.attributes["configure_logger"] = False
-        command.upgrade(config, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
-
-
 @pytest.fixture(scope="session")
 async def database_url(server_url: str) -> AsyncIterator[str]:
     """A fresh database for this test run, migrated to head."""
     name = f"hub_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    await admin_sql(server_url, f'CREATE DATABASE "{name}"')
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     engine = create_async_engine(url)
     try:
@@ -98,7 +61,7 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
         yield url
     finally:
         await engine.dispose()
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,9 @@ from starlette.responses import Response
 
 from hub.auth import Principal
 from hub.context import context
-from hub.endpoints.common import json_response, not_found, parse_uuid
-from hub.endpoints.sessions import query_int
+from hub.endpoints.errors import not_found
+from hub.endpoints.params import parse_uuid, query_int
+from hub.endpoints.responses import json_response
 from hub.openapi import Operation, Param, uuid_path
 from hub.schemas import AuditOut, AuditPage, Deleted
 from hub.storage import repository

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 import hub
 from hub.context import context
-from hub.endpoints.common import json_response
+from hub.endpoints.responses import json_response
 from hub.openapi import Operation
 from hub.schemas import Health, Liveness, Readiness
 

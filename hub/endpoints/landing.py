@@ -37,6 +37,14 @@ resuming, close codes</li>
 <li><a href="{root}/redoc">HTTP API in ReDoc</a></li>
 <li><a href="{root}/openapi.json">OpenAPI document</a> (JSON)</li>
 </ul>
+<h2>Clients</h2>
+<ul>
+<li><a href="{root}/client/mirror-hub.js">The browser client module</a>
+(<code>MirrorClient</code>, <code>WatcherClient</code>; types in
+<a href="{root}/client/mirror-hub.d.ts">mirror-hub.d.ts</a>)</li>
+<li><a href="{root}/demo/mirror">Demo mirror</a>: a synthetic child streaming a session
+(open it with <code>#token=</code> and a staff token)</li>
+</ul>
 <h2>Operations</h2>
 <ul>
 <li><a href="{root}/health">Health</a>, probes <a href="{root}/health/live">/health/live</a> and

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.context import context
-from hub.endpoints.common import (
-    HTTPError,
-    audit,
-    decode_body,
-    json_response,
-    not_found,
-    parse_uuid,
-    read_body,
-)
+from hub.endpoints.audit import audit
+from hub.endpoints.bodies import decode_body, read_body
+from hub.endpoints.errors import HTTPError, not_found
+from hub.endpoints.params import bad_query, parse_uuid, query_int, query_time
+from hub.endpoints.responses import json_response
 from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
 from hub.schemas import (
     METRIC_NAME_PATTERN,
-    FieldError,
     SeriesOut,
     SeriesPoint,
     SessionCreate,
@@ -47,37 +41,6 @@ def session_out(row: Session) -> SessionOut:
         child_weight_kg=row.child_weight_kg,
         mirror_connected_at=row.mirror_connected_at,
         ended_at=row.ended_at,
-    )
-
-
-def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    # Not str.isdigit(): it accepts "²" and other digits int() refuses.
-    if not raw.isascii() or not raw.isdecimal() or not low <= int(raw) <= high:
-        raise _bad_query(name, f"must be an integer from {low} to {high}")
-    return int(raw)
-
-
-def query_time(request: Request, name: str) -> datetime | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise _bad_query(name, "must be an ISO 8601 timestamp with a time zone") from None
-    if value.tzinfo is None:
-        raise _bad_query(name, "must include a time zone, e.g. 2026-11-26T10:00:00Z")
-    if not repository.EARLIEST <= value <= repository.LATEST:
-        raise _bad_query(name, "must be between the years 1970 and 9999")
-    return value
-
-
-def _bad_query(name: str, message: str) -> HTTPError:
-    return HTTPError(
-        422, "validation_error", f"query parameter {name} {message}", [FieldError(name, message)]
     )
 
 
@@ -120,7 +83,7 @@ async def list_sessions(request: Request) -> Response:
                 db, limit=limit, cursor=cursor, created_after=after, created_before=before
             )
         except repository.BadCursor as exc:
-            raise _bad_query("cursor", str(exc)) from None
+            raise bad_query("cursor", str(exc)) from None
     await audit(request, "list_sessions", None)
     return json_response(SessionPage(items=[session_out(r) for r in rows], next_cursor=next_cursor))
 
@@ -129,7 +92,7 @@ async def metric_series(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
     metric = request.query_params.get("metric", "")
     if len(metric) > 100 or not METRIC_NAME.fullmatch(metric):
-        raise _bad_query("metric", "is required: a metric name such as accuracy")
+        raise bad_query("metric", "is required: a metric name such as accuracy")
     bucket_ms = query_int(request, "bucket_ms", 0, 0, 86_400_000) or None
     limit = query_int(request, "limit", MAX_POINTS, 1, MAX_POINTS)
     since, until = query_time(request, "since"), query_time(request, "until")

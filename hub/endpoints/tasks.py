@@ -10,17 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.context import context
-from hub.endpoints.common import (
-    HTTPError,
-    audit,
-    decode_body,
-    json_response,
-    not_found,
-    parse_uuid,
-    read_body,
-    require_session,
-)
-from hub.endpoints.sessions import query_int
+from hub.endpoints.audit import audit
+from hub.endpoints.bodies import decode_body, read_body
+from hub.endpoints.errors import HTTPError, not_found
+from hub.endpoints.guard import require_session
+from hub.endpoints.params import parse_uuid, query_int
+from hub.endpoints.responses import json_response
 from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
 from hub.schemas import FieldError, MetricOut, MetricsBatch, TaskCreate, TaskOut
 from hub.storage import repository

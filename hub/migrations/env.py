@@ -13,7 +13,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -26,12 +26,19 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 target_metadata = Base.metadata
 
+# Several hubs started at once on one database (machines behind a balancer, `hub db upgrade`
+# beside `hub serve`) each run the migrations: one at a time, each after the last committed,
+# so that the later ones find the database at head instead of failing halfway through.
+MIGRATION_LOCK_KEY = 0x6D6972726F72  # "mirror": any constant the hub uses for nothing else
+
 
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection, target_metadata=target_metadata, compare_server_default=True
     )
     with context.begin_transaction():
+        # Held until this transaction ends (migrations are one transaction in PostgreSQL).
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

@@ -163,6 +163,11 @@ class EmbeddedPostgres:
                 # Remembered now: once the postmaster is gone they cannot be found through it.
                 with contextlib.suppress(psutil.Error):
                     children = self._postmaster.children()
+                # A keeper that was killed is replaced while we still can: once this process
+                # is killed too, nobody else would stop the server. (No control lock needed: a
+                # keeper never exits while this process holds its share.)
+                with contextlib.suppress(OSError):
+                    _ensure_keeper(self.data_dir)
                 continue
             logger.warning(
                 "embedded PostgreSQL (pid %d) is gone; starting it again", self._postmaster.pid
@@ -205,8 +210,10 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     try:
         with _control_lock(data_dir):
             fcntl.flock(users_fd, fcntl.LOCK_SH)
-            postmaster = _ensure_running(data_dir)
+            # The keeper first: a start cut short (SIGTERM, Ctrl-C) after the server was
+            # spawned leaves a server with no user, which the keeper then stops.
             _ensure_keeper(data_dir)
+            postmaster = _ensure_running(data_dir)
     except OSError as exc:
         os.close(users_fd)
         raise EmbeddedError(f"embedded PostgreSQL cannot start in {data_dir}: {exc}") from exc
@@ -219,10 +226,11 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
+def claim_for_serving(data_dir: Path, port: int, *, alone: bool = True) -> Iterator[None]:
     """Hold `data_dir` for this `hub serve` (pid, port), or raise DataDirInUse naming the one
-    that holds it. A hub without a backplane takes every live session of its database for its
-    own, so two of them on one database must not run."""
+    that holds it. A hub without a backplane (`alone`) takes every live session of its
+    database for its own, so it must run with no other hub on that database, with or without
+    a backplane; hubs with a backplane share it among themselves."""
     data_dir = data_dir.expanduser().resolve()
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -231,9 +239,10 @@ def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
         raise EmbeddedError(f"cannot use the data directory {data_dir}: {exc}") from exc
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if alone else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             # The holder writes its pid and port right after locking; "?" if we read too soon.
+            # (Of hubs with a backplane, the last one started.)
             pid, _, other_port = os.pread(fd, 100, 0).decode(errors="replace").partition(" ")
             raise DataDirInUse(
                 f"the data directory {data_dir} is already served by the hub with pid "
@@ -241,12 +250,14 @@ def claim_for_serving(data_dir: Path, port: int) -> Iterator[None]:
                 "database need a backplane between them (HUB_BACKPLANE=postgres or "
                 "redis://…); otherwise give this one its own HUB_DATA_DIR"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {port}\n".encode(), 0)
+        if alone:
+            os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {port}\n".encode().ljust(32), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if alone:
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 
@@ -362,6 +373,9 @@ def _ensure_running(data_dir: Path) -> psutil.Process:
         # pid were taken meanwhile (a zombie, pid reuse); leftover processes of the dead
         # server are still found through its shared memory, keyed by the folder's inode.
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
+        # The socket's lock file too: it names the dead server's pid, which stays taken while
+        # that server is a zombie of another hub process, and postgres would refuse to start.
+        (_socket_dir(pgdata) / ".s.PGSQL.5432.lock").unlink(missing_ok=True)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             log_start = os.fstat(log_fd).st_size
@@ -401,6 +415,7 @@ def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
     initdb cut short (Ctrl-C during a first start) leaves no half-made cluster behind."""
     logger.debug("creating the embedded PostgreSQL database cluster in %s", pgdata)
     fresh = pgdata.with_name(pgdata.name + ".new")
+    _kill_working_in(fresh)
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o700)
     if user is not None:
@@ -437,6 +452,21 @@ def _initdb(pgdata: Path, log: BinaryIO, user: str | None) -> None:
             "and start again"
         ) from None
     fresh.rename(pgdata)
+
+
+def _kill_working_in(folder: Path) -> None:
+    """Kill the processes still working in `folder`: an initdb whose hub was killed (SIGKILL
+    reaches only the hub) runs on, and when it fails it empties its folder, wiping out the
+    cluster a new initdb is building there. Called under the control lock, so none of them
+    belongs to a live start."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        # initdb names the folder; the server it runs in bootstrap mode works in it.
+        if str(folder) in (proc.info["cmdline"] or []) or proc.info["cwd"] == str(folder):
+            found.append(proc)
+    for proc in found:
+        _signal(proc, signal.SIGKILL)
+    _wait_gone(found, _SIGNAL_WAIT_S)
 
 
 def _spawn_postgres(pgdata: Path, log: BinaryIO, user: str | None) -> subprocess.Popen[bytes]:

@@ -1,0 +1,235 @@
+"""Hub nodes in this process, driven without sockets: two or more `LiveHub`s on one
+`MemoryBroker` and the test run's real PostgreSQL, rooms and watchers, and the steps the
+endpoints would take (join, stream, end), so a test can pin one interleaving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from hub.frames import MetricsFrame, encode
+from hub.live.backplane.base import Backplane
+from hub.live.backplane.memory import MemoryBackplane
+from hub.live.buffer import PendingFrame
+from hub.live.cluster import channel_of
+from hub.live.node import LiveHub
+from hub.live.rooms import Room, Watcher
+from hub.live.session import LiveSession
+from hub.settings import Settings
+from hub.storage.live_store import LiveStore
+from tests.support.live import Proxy
+
+WAIT = 10.0  # the longest any awaited event may take before a test fails
+
+
+class GatedStore(LiveStore):
+    """The live store, whose frame reads can be held: when `gate` is set, the next read
+    waits for it (a slow read: the pool is busy, or the query is); `reading` says one is
+    waiting."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def frames_between(
+        self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
+    ) -> list[tuple[int, str]]:
+        gate = self.gate
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return await super().frames_between(session_id, after, upto, page)
+
+
+class Node(LiveHub):
+    """A LiveHub on a GatedStore that also tells the test what its flusher committed."""
+
+    def __init__(
+        self, settings: Settings, database_url: str, backplane: Backplane, store: GatedStore
+    ) -> None:
+        super().__init__(settings, database_url, backplane, store)
+        self.gated = store
+        self.committed_upto: dict[uuid.UUID, int] = {}
+        self._commit = asyncio.Condition()
+
+    # The gap filler's (and catch-up's) storage reads wait for this event while it is set.
+    @property
+    def fill_gate(self) -> asyncio.Event | None:
+        return self.gated.gate
+
+    @fill_gate.setter
+    def fill_gate(self, gate: asyncio.Event | None) -> None:
+        self.gated.gate = gate
+
+    @property
+    def fill_reading(self) -> asyncio.Event:
+        return self.gated.reading
+
+    def _committed(self, batch: Sequence[PendingFrame]) -> None:
+        super()._committed(batch)
+        for frame in batch:
+            seen = self.committed_upto.get(frame.session_id, 0)
+            self.committed_upto[frame.session_id] = max(seen, frame.seq)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._commit:
+            self._commit.notify_all()
+
+    async def wait_committed(self, session_id: uuid.UUID, seq: int) -> None:
+        async with asyncio.timeout(WAIT), self._commit:
+            await self._commit.wait_for(lambda: self.committed_upto.get(session_id, 0) >= seq)
+
+
+StartNode = Callable[..., Awaitable[Node]]
+
+
+def frame(seq: int, width: int = 1) -> MetricsFrame:
+    values = {"accuracy": seq / 100} | {f"joint_{i}": float(i) for i in range(1, width)}
+    return MetricsFrame(seq=seq, ts=1.0, values=values)
+
+
+async def settle() -> None:
+    """Let the memory backplane's deliveries (call_soon) run."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def seqs(watcher: Watcher) -> list[int]:
+    return [
+        m["seq"]
+        for m in (orjson.loads(t) for t in watcher.outbox.items)
+        if m["type"] in ("metrics", "task")
+    ]
+
+
+def kinds(watcher: Watcher) -> list[str]:
+    return [orjson.loads(t)["type"] for t in watcher.outbox.items]
+
+
+def watch(node: Node, live: LiveSession) -> Watcher:
+    """A watcher joined to `live` on `node`, as the watch endpoint joins one."""
+    watcher = Watcher(1000, None)
+    node.join(live, watcher)
+    return watcher
+
+
+async def stream_then_leave(
+    node: Node, session_id: uuid.UUID, frames: list[MetricsFrame], end: bool = False
+) -> None:
+    """A mirror on `node` streams `frames` until they are stored, ends the session after
+    them if `end`, and disconnects."""
+    async with node.use(session_id) as live:
+        assert live is not None
+        link = await node.attach_mirror(live)
+        assert node.accept(live, frames) is None
+        await live.wait_stored(frames[-1].seq)
+        if end:
+            await node.end(live, frames[-1].seq)
+        node.detach_mirror(live, link)
+
+
+async def heartbeats(*nodes: Node, rounds: int = 3) -> None:
+    for _ in range(rounds):
+        for node in nodes:
+            await node.peers.heartbeat()
+        await settle()
+
+
+@contextlib.contextmanager
+def backplane_loss(node: Node, session_id: uuid.UUID) -> Any:
+    """What `node` would receive on the session's channel meanwhile is lost."""
+    backplane = node.cluster.backplane
+    channel = channel_of(session_id)
+    assert isinstance(backplane, MemoryBackplane)
+    backplane.broker.subscribers[channel].discard(backplane)
+    try:
+        yield
+    finally:
+        backplane.broker.subscribers[channel].add(backplane)
+
+
+NewSession = Callable[[], Awaitable[uuid.UUID]]
+
+
+StartBehindProxy = Callable[..., Awaitable[tuple[Node, Proxy]]]
+
+
+async def wait_until(watcher: Watcher, done: Callable[[], bool]) -> None:
+    """Wait (bounded) until `done()`, re-checking whenever the watcher's outbox changes."""
+    async with asyncio.timeout(WAIT):
+        while not done():
+            watcher.outbox.ready.clear()
+            await watcher.outbox.ready.wait()
+
+
+def closed(watcher: Watcher) -> bool:
+    return watcher.outbox.close_code is not None
+
+
+def accept_as_newer_hub(node: Node, live: LiveSession, seq: int, text: str) -> None:
+    """What `LiveHub.accept` does on a newer hub whose frames carry a field this version's
+    decoder rejects: buffer the frame (the flusher stores it) and publish it."""
+    live.last_accepted = seq
+    node.buffer.put(
+        PendingFrame(
+            session_id=live.id,
+            seq=seq,
+            kind="metrics",
+            task_id=None,
+            device_ts=1.0,
+            received_at=datetime.now(UTC),
+            text=text,
+            task=None,
+        )
+    )
+    node.cluster.frame(live.id, seq, text)
+
+
+@contextlib.asynccontextmanager
+async def mirror_left_a_and_b_lost_storage(
+    node_a: Node, node_b: Node, proxy: Proxy, session_id: uuid.UUID
+) -> AsyncIterator[LiveSession]:
+    """The mirror streamed on A, which stored and acked frames 1..6; B watched (the session
+    in memory on B since frame 3). The device leaves A, and B loses PostgreSQL: yields B's
+    session, pinned, as the device's connection to B finds it."""
+    async with node_a.use(session_id) as live_a:
+        assert live_a is not None
+        link_a = await node_a.attach_mirror(live_a)
+        assert node_a.accept(live_a, [frame(s) for s in range(1, 4)]) is None
+        await live_a.wait_stored(3)
+        async with node_b.use(session_id) as live_b:
+            assert live_b is not None
+            node_b.join(live_b, Watcher(1000, None))
+            assert node_a.accept(live_a, [frame(s) for s in range(4, 7)]) is None
+            await live_a.wait_stored(6)
+            assert link_a.acked == 6  # the device drops frames 1..6
+            await settle()
+            assert live_b.room.published_seq == 6
+            node_a.detach_mirror(live_a, link_a)  # the device leaves A
+            await settle()
+            await proxy.stop()  # ... and reaches B, whose PostgreSQL is gone
+            yield live_b
+
+
+def frame_text(seq: int) -> str:
+    return encode(MetricsFrame(seq=seq, ts=1.0, values={"accuracy": seq / 100})).decode()
+
+
+def make_room(seq: int = 0, max_pending: int = 100) -> tuple[Room, Watcher]:
+    room = Room({"id": "s"}, [], replay_frames=10, seq=seq, max_pending=max_pending)
+    watcher = Watcher(bound=1000, since=None)
+    room.watchers.add(watcher)
+    return room, watcher
+
+
+def delivered(watcher: Watcher) -> list[str]:
+    return list(watcher.outbox.items)

@@ -1,0 +1,34 @@
+"""Playwright driving the system Chromium (browsers are not downloaded: the one on PATH is used,
+found as tests/support/browser.py finds it — a failure under CI=true, a skip elsewhere)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from playwright.async_api import Browser, async_playwright
+
+from tests.support.browser import chromium as chromium_executable
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    executable = chromium_executable()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
