@@ -116,7 +116,7 @@ class LiveSession:
             self.mirror.outbox.close(closecodes.REPLACED)
         self.mirror = link
         self.mirror_since = since
-        link.acked = self.stored_seq
+        link.ack(self.stored_seq)  # everything stored so far: the writer starts after it
         self.broadcast_presence()
 
     def detach_mirror(self, link: MirrorLink) -> bool:
