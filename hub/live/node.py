@@ -185,10 +185,11 @@ class LiveHub:
     ) -> None:
         """Frame `seq` reached this node (from its mirror, another node or storage): the room
         publishes it in order; a gap is filled from storage; a pending end follows the last."""
-        live.room.offer(seq, text, frame)
-        if live.room.behind:
+        room = live.room
+        room.offer(seq, text, frame)
+        if room.behind:
             self.gaps.fill_soon(live)
-        else:
+        elif live.end_after is not None:  # the usual frame has no end pending: no call
             self._finish_if_due(live)
 
     def _lose_track(self, live: LiveSession) -> None:
