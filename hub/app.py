@@ -28,7 +28,7 @@ from hub.endpoints.guard import guard
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.responses import json_response
 from hub.endpoints.watch_ws import watch_endpoint
-from hub.live.hub import LiveHub
+from hub.live.node import LiveHub
 from hub.openapi import build_openapi
 from hub.settings import Settings
 from hub.storage.engine import make_engine, make_sessionmaker

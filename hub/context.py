@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from hub.auth import TokenService
-from hub.live.hub import LiveHub
+from hub.live.node import LiveHub
 from hub.settings import Settings
 
 

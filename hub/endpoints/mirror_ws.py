@@ -6,29 +6,20 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from starlette.websockets import WebSocket
 
 from hub import closecodes, metrics
 from hub.context import HubContext, context
+from hub.endpoints.connection import close, serve
 from hub.endpoints.ws_common import connection_lifetime, handshake, welcome
-from hub.frames import (
-    End,
-    Hello,
-    ProtocolError,
-    decode_client_message,
-    error_message,
-    frames_of,
-)
+from hub.frames import End, ProtocolError
 from hub.live.admission import Ticket
-from hub.live.connection import close
-from hub.live.hub import LiveHub, SessionUnavailable
+from hub.live.mirroring import MirrorRules
+from hub.live.node import LiveHub, SessionUnavailable
 from hub.live.session import LiveSession, MirrorLink
+from hub.storage.live_store import StorageUnavailable
 
 log = logging.getLogger("hub.mirror")
-
-# Consecutive invalid messages before the hub gives up on a connection.
-MAX_ERRORS_IN_A_ROW = 20
 
 
 @connection_lifetime
@@ -67,7 +58,7 @@ async def _stream(
             welcome(live, "mirror", live.last_accepted, ctx.settings, live_hub.cluster.node)
         )
         log.info("mirror connected session=%s last_seq=%d", session_id, live.last_accepted)
-        await live_hub.serve(websocket, link.outbox, _reader(ctx, live, link), link)
+        await serve(live_hub, websocket, link.outbox, _reader(ctx, live, link), link)
     finally:
         live_hub.detach_mirror(live, link)
         log.info("mirror disconnected session=%s stored_seq=%d", session_id, live.stored_seq)
@@ -76,39 +67,35 @@ async def _stream(
 def _reader(
     ctx: HubContext, live: LiveSession, link: MirrorLink
 ) -> Callable[[str], Awaitable[None]]:
-    """What the mirror connection does with each text message."""
+    """What the mirror connection does with each text message (the rules: `MirrorRules`)."""
     live_hub = ctx.live
-    errors_in_a_row = 0
+    rules = MirrorRules()
 
     async def on_text(text: str) -> None:
-        nonlocal errors_in_a_row
         # Shutting down, or replaced by a newer connection of this mirror: the message is not
         # acked here, so the mirror resends it to the hub / connection that now owns the session.
         if not live_hub.accepting or live.mirror is not link or live.erased:
             return
         try:
-            msg = decode_client_message(text)
-            if isinstance(msg, Hello):
-                raise ProtocolError("unexpected_hello", "hello was already received")
+            msg = rules.read(text)
             if isinstance(msg, End):
                 await _end(live_hub, live, link, msg.last_seq)
                 return
-            frames = frames_of(msg)
             # Backpressure: while this session's share of the buffer is full, this socket is
             # not read, so TCP slows the mirror down; nothing is dropped.
-            foreign_tasks = await live_hub.admit(live, frames, len(text))
+            foreign_tasks = await live_hub.admit(live, msg, len(text))
             if not live_hub.accepting or live.mirror is not link:
                 return
-            error = live_hub.accept(live, frames, foreign_tasks)
+            error = live_hub.accept(live, msg, foreign_tasks)
             if error is not None:
                 raise error
-            errors_in_a_row = 0
+            rules.taken()
         except ProtocolError as exc:
-            errors_in_a_row += 1
             metrics.rejected(exc.code)
-            link.outbox.push(error_message(exc).decode())
-            if errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                link.outbox.close(closecodes.TOO_MANY_ERRORS, flush=True)
+            refusal = rules.refused(exc)
+            link.outbox.push(refusal.error)
+            if refusal.close is not None:
+                link.outbox.close(refusal.close, flush=True)
 
     return on_text
 
@@ -116,13 +103,13 @@ def _reader(
 async def _end(live_hub: LiveHub, live: LiveSession, link: MirrorLink, last_seq: int) -> None:
     try:
         ended = await live_hub.end(live, last_seq)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except StorageUnavailable as exc:
         # The frames are stored, the end is not: the session goes on. The mirror reconnects
         # (1011) and sends `end` again.
         log.warning(
             "end of session=%s not stored (%s); the mirror sends it again",
             live.id,
-            type(exc).__name__,
+            exc,
         )
         link.outbox.close(closecodes.INTERNAL, "storage unavailable; send end again")
         return

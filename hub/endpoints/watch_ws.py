@@ -10,13 +10,14 @@ from starlette.websockets import WebSocket
 from hub import closecodes
 from hub.auth import Principal
 from hub.context import HubContext, context
+from hub.endpoints.connection import close, serve
 from hub.endpoints.ws_common import PEER_GONE, connection_lifetime, handshake, welcome
 from hub.frames import Ended, Hello, ProtocolError, encode, error_message
 from hub.live.admission import Ticket
-from hub.live.connection import close
-from hub.live.hub import LiveHub, SessionUnavailable
-from hub.live.rooms import Watcher
+from hub.live.node import LiveHub, SessionUnavailable
+from hub.live.sendqueue import Watcher
 from hub.live.session import LiveSession
+from hub.live.watching import plan_catch_up
 from hub.storage import repository
 
 log = logging.getLogger("hub.watch")
@@ -66,7 +67,7 @@ async def _watch(
     # Checked after the await above and right before `join`, so simultaneous joins cannot
     # all pass the check.
     # Counted over every node, as far as this one knows (others report within a heartbeat).
-    if live.room.presence().watchers >= ctx.settings.max_watchers_per_session:
+    if live.watcher_count() >= ctx.settings.max_watchers_per_session:
         await close(websocket, closecodes.ROOM_FULL)
         return
 
@@ -77,23 +78,13 @@ async def _watch(
     )
     live_hub.join(live, watcher)
     try:  # from here on the watcher counts in presence: `leave` whatever happens
-        last_seq = live.room.seq  # what this node's room has published, from any node
-        # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
-        # after the join, or ended while this node's room still fills a gap, reaches this
-        # watcher through its outbox, like any other message.)
-        ended_at_join = live.ended and live.end_after is None
-        greeting = welcome(live, "watcher", last_seq, ctx.settings, live_hub.cluster.node)
-        if hello.since is None:
-            catch_up_db = None
-            catch_up_memory = [live.room.snapshot(last_seq, ended_at_join)]
-        else:
-            catch_up_db, catch_up_memory = _plan_resume(live, hello.since, last_seq)
-
+        plan = plan_catch_up(live, hello.since)
+        greeting = welcome(live, "watcher", plan.last_seq, ctx.settings, live_hub.cluster.node)
         try:
             await websocket.send_text(greeting)
-            if catch_up_db is not None:
-                await _send_stored(websocket, live_hub, live, *catch_up_db)
-            for text in catch_up_memory:
+            if plan.stored is not None:
+                await _send_stored(websocket, live_hub, live, *plan.stored)
+            for text in plan.memory:
                 await websocket.send_text(text)
         except PEER_GONE:
             raise  # the watcher left: nothing to say to it
@@ -101,8 +92,8 @@ async def _watch(
             log.warning("catch-up for session=%s failed: %s", session_id, type(exc).__name__)
             await close(websocket, closecodes.INTERNAL, "catch-up failed; resume with since")
             return
-        if ended_at_join:
-            await websocket.send_text(encode(Ended(last_seq=last_seq)).decode())
+        if plan.ended:
+            await websocket.send_text(encode(Ended(last_seq=plan.last_seq)).decode())
             await close(websocket, closecodes.NORMAL, "session ended")
             return
 
@@ -111,23 +102,9 @@ async def _watch(
                 error_message(ProtocolError("unexpected_message", "watchers only listen")).decode()
             )
 
-        await live_hub.serve(websocket, watcher.outbox, on_text)
+        await serve(live_hub, websocket, watcher.outbox, on_text)
     finally:
         live_hub.leave(live, watcher)
-
-
-def _plan_resume(
-    live: LiveSession, since: int, last_seq: int
-) -> tuple[tuple[int, int] | None, list[str]]:
-    """Frames after `since`: a stored range (since, upto] from PostgreSQL, then memory."""
-    memory = live.room.logged_after(since)
-    oldest = live.room.oldest_logged()
-    if since >= last_seq or (oldest is not None and oldest <= since + 1):
-        return None, memory
-    # Everything older than the in-memory log is stored (the log is trimmed only below the
-    # stored seq), so PostgreSQL has every frame in (since, oldest - 1].
-    upto = last_seq if oldest is None else oldest - 1
-    return (since, upto), memory
 
 
 async def _send_stored(

@@ -17,6 +17,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from hub import closecodes
 from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal
 from hub.context import HubContext, context
+from hub.endpoints.connection import close
 from hub.frames import (
     PROTOCOL_VERSION,
     Hello,
@@ -27,7 +28,6 @@ from hub.frames import (
     error_message,
 )
 from hub.live.admission import Ticket
-from hub.live.connection import close
 from hub.live.session import LiveSession
 from hub.settings import Settings
 

@@ -20,26 +20,12 @@ import dataclasses
 import time
 import uuid
 from collections import deque
-from datetime import datetime
 from itertools import islice
 
 from hub import metrics
-from hub.frames import TaskFrame
+from hub.storage.live_store import PendingFrame
 
 BACKLOG_BATCHES = 10
-
-
-@dataclasses.dataclass(slots=True)
-class PendingFrame:
-    session_id: uuid.UUID
-    seq: int
-    kind: str
-    task_id: uuid.UUID | None
-    device_ts: float
-    received_at: datetime
-    text: str  # the frame's canonical JSON: stored as the payload and sent to watchers
-    task: TaskFrame | None  # task events also update the tasks table
-    enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclasses.dataclass(slots=True)

@@ -14,7 +14,7 @@ Every node that holds a live session in memory subscribes to the session's chann
 
 The format is a header of space-separated fields, then the frame's JSON as it is, so a frame
 is never re-encoded on its way through. Sequence numbers, not the backplane, make delivery
-gap-free: see `LiveHub.on_remote_frame`.
+gap-free: see `Room.offer` and `hub.live.gaps`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class PresenceNote:
 
 
 class Listener(Protocol):
-    """What the cluster hands messages of other nodes to (the LiveHub)."""
+    """What the cluster hands messages of other nodes to (`hub.live.peers.Peers`)."""
 
     def on_remote_frame(self, session_id: uuid.UUID, seq: int, text: str | None) -> None: ...
 

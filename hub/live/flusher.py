@@ -22,38 +22,33 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-import asyncpg
-
 from hub import metrics
-from hub.live.buffer import PendingFrame, WriteBuffer
-from hub.storage import frames as store
+from hub.live.buffer import WriteBuffer
+from hub.storage.live_store import LiveStore, PendingFrame, SessionDeleted, StorageUnavailable
 
 log = logging.getLogger("hub.flusher")
 
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
-STORAGE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class Flusher:
     def __init__(
         self,
         buffer: WriteBuffer,
-        pool: asyncpg.Pool,
+        store: LiveStore,
         max_age_s: float,
         on_committed: Callable[[Sequence[PendingFrame]], None],
         on_orphaned: Callable[[set[uuid.UUID]], None],
         isolate_s: float = 0.1,
     ) -> None:
         self.buffer = buffer
-        self.pool = pool
+        self.store = store
         self.max_age_s = max_age_s
         self.on_committed = on_committed
         self.on_orphaned = on_orphaned
         self.isolate_s = isolate_s
         self.failures = 0  # consecutive failed attempts; 0 while PostgreSQL answers
-        self.batches = 0
-        self.frames = 0
         self.isolated = 0  # batches split per session because one of them was slow
         self._task: asyncio.Task[None] | None = None
         self._isolating: set[asyncio.Task[None]] = set()  # one per session of a split batch
@@ -108,23 +103,22 @@ class Flusher:
         started = time.perf_counter()
         while True:
             try:
-                async with self.pool.acquire() as conn:
-                    await store.store_batch(conn, batch)
+                await self.store.store_batch(batch)
                 metrics.flushed(len(batch), time.perf_counter() - started)
                 return batch
-            except asyncpg.ForeignKeyViolationError:
+            except SessionDeleted:
                 # A session was deleted while live: its frames can never be stored.
                 batch = await self._drop_orphans(batch)
                 if not batch:
                     return batch
-            except STORAGE_ERRORS as exc:
+            except StorageUnavailable as exc:
                 self.failures += 1
                 metrics.STORAGE_FAILURES.inc()
                 if self.failures == 1 or self.failures % 20 == 0:
                     log.warning(
                         "storing %d frames failed (%s); retrying, attempt %d",
                         len(batch),
-                        type(exc).__name__,
+                        exc,
                         self.failures,
                     )
                 return None
@@ -147,15 +141,12 @@ class Flusher:
         if self.failures:
             log.info("storage is back after %d failed attempts", self.failures)
         self.failures = 0
-        self.batches += 1
-        self.frames += len(stored)
         await self.buffer.release(taken)
         if stored:
             self.on_committed(stored)
 
     async def _drop_orphans(self, batch: list[PendingFrame]) -> list[PendingFrame]:
-        async with self.pool.acquire() as conn:
-            alive = await store.existing_sessions(conn, list({f.session_id for f in batch}))
+        alive = await self.store.existing_sessions(list({f.session_id for f in batch}))
         orphans = {f.session_id for f in batch} - alive
         log.warning("dropping frames of %d deleted session(s)", len(orphans))
         self.on_orphaned(orphans)

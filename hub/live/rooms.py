@@ -1,18 +1,16 @@
-"""Rooms: one per live session; fan-out to watchers through bounded per-watcher outboxes.
+"""Rooms: one per live session; fan-out to watchers through bounded per-watcher send queues.
 
-`publish` runs on the mirror's reader and never awaits: it appends the frame's JSON text (encoded
-once for all watchers) to each watcher's outbox. Each watcher has its own writer task that
-drains its outbox into its socket, so a slow watcher only ever delays itself. A watcher whose
-outbox passes its bound is closed with LAGGING and resumes with `since`: we chose that over
-downsampling because dropping frames would break the gap-free guarantee, while a resume is
-served from memory or PostgreSQL.
+`Room.offer` runs on the mirror's reader and never awaits: it appends the frame's JSON text
+(encoded once for all watchers) to each watcher's send queue (`hub.live.sendqueue`). Each
+watcher has its own writer task that drains its queue into its socket, so a slow watcher only
+ever delays itself. A watcher whose queue passes its bound is closed with LAGGING and resumes
+with `since`: we chose that over downsampling because dropping frames would break the
+gap-free guarantee, while a resume is served from memory or PostgreSQL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from collections import deque
 from typing import Any
 
@@ -29,9 +27,9 @@ from hub.frames import (
     decode_client_message,
     encode,
 )
+from hub.live.sendqueue import Watcher
 
-# Defaults of the byte bounds, for callers (tests) that give only the frame bounds.
-DEFAULT_QUEUE_BYTES = 1 << 20
+# The default byte bound of the replay log, for callers (tests) that give only the frames.
 DEFAULT_REPLAY_BYTES = 1 << 20
 # What a snapshot spends on a task besides its metrics (id, status, times, JSON syntax), and
 # on one metric entry besides its name (quotes, colon, the longest number, a comma). The
@@ -55,66 +53,6 @@ class RemotePresence:
     watchers: int
     mirror_since: float  # when the node's mirror connected (database clock); 0: none
     heard_at: float  # monotonic time of the last heartbeat
-
-
-class Outbox:
-    """A queue of JSON texts for one connection, drained by that connection's writer; bounded
-    in messages and in bytes (past either, the connection is closed with LAGGING)."""
-
-    def __init__(self, bound: int, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
-        self.bound = bound
-        self.max_bytes = max_bytes
-        self.items: deque[str] = deque()
-        self.queued_bytes = 0
-        self.ready = asyncio.Event()
-        self.closing = asyncio.Event()  # set once a close is requested
-        self.close_code: closecodes.CloseCode | None = None
-        self.close_reason = ""
-        self.flush_before_close = False
-        self.oldest_at = 0.0  # when the oldest queued item arrived (perf_counter)
-
-    def push(self, text: str) -> bool:
-        if self.close_code is not None:
-            return False
-        if len(self.items) >= self.bound or (
-            self.items and self.queued_bytes + len(text) > self.max_bytes
-        ):
-            self.close(closecodes.LAGGING, "send queue full; reconnect with since=<last seq>")
-            return False
-        if not self.items:
-            self.oldest_at = time.perf_counter()
-        self.queued_bytes += len(text)
-        self.items.append(text)
-        self.ready.set()
-        return True
-
-    def pop(self) -> str:
-        """The oldest queued text, for the writer."""
-        text = self.items.popleft()
-        self.queued_bytes -= len(text)
-        return text
-
-    def close(self, code: closecodes.CloseCode, reason: str = "", flush: bool = False) -> None:
-        """Ask the writer to close the socket, after sending what is queued if `flush`;
-        otherwise queued items are dropped (the peer resumes from what it has)."""
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason or code.meaning
-            self.flush_before_close = flush
-            self.ready.set()
-            self.closing.set()
-
-
-class Watcher:
-    def __init__(self, bound: int, since: int | None, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
-        self.outbox = Outbox(bound, max_bytes)
-        # Frames at or below this seq were already seen (a resume after a hub restart can
-        # see the mirror resend frames the watcher got before): skip them.
-        self.skip_upto = since or 0
-
-    def offer(self, seq: int, text: str) -> None:
-        if seq > self.skip_upto:
-            self.outbox.push(text)
 
 
 class Room:
@@ -145,14 +83,14 @@ class Room:
             self._add_metrics(task["metrics"], stored_metrics)
         self._add_metrics(self.latest, latest or {})
         self.watchers: set[Watcher] = set()
-        self.mirror_connected = False  # a mirror on this node
         # Other nodes' share of the presence, refreshed by their heartbeats.
         self.remote: dict[str, RemotePresence] = {}
         self.replay_frames = replay_frames
         # Highest seq published to this room's watchers; every frame up to it was published.
-        self.seq = seq
-        # Highest seq known to exist; above `seq` while frames are missing here.
-        self.wanted = seq
+        self.published_seq = seq
+        # Highest seq known to exist (here or on another node): above `published_seq` while
+        # frames are missing here, which the room then reads from storage (`hub.live.gaps`).
+        self.known_seq = seq
         # Frames that arrived ahead of a gap, waiting for the gap to be filled.
         self.pending: dict[int, tuple[str, Frame | None]] = {}
         self.max_pending = max_pending
@@ -167,10 +105,10 @@ class Room:
         """Take frame `seq` from anywhere. A repeat is ignored; a frame ahead of a gap waits
         in `pending` (see `behind`). `text` None: the frame exists but must be read from
         storage (a backplane could not carry it); so must frames past `max_pending`."""
-        if seq <= self.seq:
+        if seq <= self.published_seq:
             return
-        self.wanted = max(self.wanted, seq)
-        if seq > self.seq + 1 or text is None:
+        self.known_seq = max(self.known_seq, seq)
+        if seq > self.published_seq + 1 or text is None:
             if (
                 text is not None
                 and seq not in self.pending
@@ -183,22 +121,22 @@ class Room:
         self._publish(seq, text, frame)
         pending = self.pending
         while pending:
-            entry = pending.pop(self.seq + 1, None)
+            entry = pending.pop(self.published_seq + 1, None)
             if entry is None:
                 break
             self.pending_bytes -= len(entry[0])
-            self._publish(self.seq + 1, *entry)
+            self._publish(self.published_seq + 1, *entry)
         if not pending:
             self.pending_bytes = 0
             return
         # Entries at or below seq cannot be published any more (duplicates): drop them.
-        for stale in [s for s in pending if s <= self.seq]:
+        for stale in [s for s in pending if s <= self.published_seq]:
             self.pending_bytes -= len(pending.pop(stale)[0])
 
     @property
     def behind(self) -> bool:
-        """Frames up to `wanted` exist but have not reached this room yet."""
-        return self.seq < self.wanted
+        """Frames up to `known_seq` exist but have not reached this room yet."""
+        return self.published_seq < self.known_seq
 
     def _publish(self, seq: int, text: str, frame: Frame | None) -> None:
         if frame is None:  # from another node or from storage: decoded only here
@@ -211,7 +149,7 @@ class Room:
                 decoded = None
             if isinstance(decoded, (MetricsFrame, TaskFrame)):
                 frame = decoded
-        self.seq = seq
+        self.published_seq = seq
         self.log.append((seq, text))
         self.log_bytes += len(text)
         if isinstance(frame, MetricsFrame):
@@ -219,7 +157,7 @@ class Room:
         elif isinstance(frame, TaskFrame):
             self._apply_task(frame)
         for watcher in self.watchers:
-            watcher.offer(seq, text)
+            watcher.deliver(seq, text)
 
     def _apply_task(self, frame: TaskFrame) -> None:
         # In place: a frame costs what it changes, never a copy of the task's state.
@@ -327,27 +265,107 @@ class Room:
     def logged_after(self, seq: int) -> list[str]:
         return [text for s, text in self.log if s > seq]
 
-    def presence(self, joining: int = 0) -> Presence:
+    def want(self, seq: int) -> bool:
+        """Frames up to `seq` exist (another node accepted them, or storage holds them).
+        True if that is news: the room is behind now and should be filled."""
+        if seq <= self.known_seq:
+            return False
+        self.known_seq = seq
+        return True
+
+    def add_task_results(self, task_id: str, values: dict[str, float]) -> None:
+        """Results recorded over HTTP (stored already) show in snapshots, as a finished task
+        frame's do; a task this room does not hold is left to storage."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            task["metrics"] = {**task["metrics"], **values}
+
+    def update_session(self, **fields: Any) -> None:
+        """What the snapshot says of the session row (e.g. `ended_at`) changed."""
+        self.session.update(fields)
+
+    # Watchers ----------------------------------------------------------------------------
+
+    def add_watcher(self, watcher: Watcher) -> None:
+        self.watchers.add(watcher)
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+
+    def close_watchers(
+        self,
+        code: closecodes.CloseCode,
+        reason: str = "",
+        flush: bool = False,
+        last: str | None = None,
+    ) -> None:
+        """Close every watcher with `code`, after sending what is queued if `flush`, and
+        `last` after it."""
+        for watcher in self.watchers:
+            if last is not None:
+                watcher.outbox.push(last)
+            watcher.outbox.close(code, reason, flush)
+
+    # Presence ----------------------------------------------------------------------------
+
+    @property
+    def remote_mirror(self) -> bool:
+        """Another node says the session's mirror is connected there."""
+        return any(r.mirror_since for r in self.remote.values())
+
+    def hear(self, node: str, watchers: int, mirror_since: float, heard_at: float) -> bool:
+        """Another node's share of the presence (none: it left); True if what this room's
+        watchers see changed."""
+        before = self.remote.get(node)
+        if watchers == 0 and not mirror_since:
+            self.remote.pop(node, None)
+        else:
+            self.remote[node] = RemotePresence(watchers, mirror_since, heard_at)
+        after = self.remote.get(node)
+        if before is None or after is None:
+            return (before is None) != (after is None)
+        return (before.watchers, bool(before.mirror_since)) != (
+            after.watchers,
+            bool(after.mirror_since),
+        )
+
+    def knows(self, node: str) -> bool:
+        return node in self.remote
+
+    def forget_silent(self, heard_before: float) -> int:
+        """Forget the nodes not heard since `heard_before`; how many there were."""
+        gone = [node for node, r in self.remote.items() if r.heard_at < heard_before]
+        for node in gone:
+            del self.remote[node]
+        return len(gone)
+
+    def heard_all(self, heard_at: float) -> None:
+        """Count every known node as heard at `heard_at` (our own link was down meanwhile)."""
+        for remote in self.remote.values():
+            remote.heard_at = heard_at
+
+    def presence(self, joining: int = 0, mirror_here: bool = False) -> Presence:
+        """`mirror_here`: the session's mirror is connected to this node (the session knows)."""
         remote = self.remote.values()
-        mirror = self.mirror_connected or any(r.mirror_since for r in remote)
+        mirror = mirror_here or any(r.mirror_since for r in remote)
         return Presence(
             mirror="connected" if mirror else "disconnected",
             watchers=len(self.watchers) + joining + sum(r.watchers for r in remote),
         )
 
-    def broadcast_presence(self, joining: int = 0) -> None:
-        text = encode(self.presence(joining)).decode()
+    def broadcast_presence(self, joining: int = 0, mirror_here: bool = False) -> None:
+        text = encode(self.presence(joining, mirror_here)).decode()
         for watcher in self.watchers:
             watcher.outbox.push(text)
 
-    def snapshot(self, last_seq: int, ended: bool) -> str:
+    def snapshot(self, last_seq: int, ended: bool, mirror_here: bool = False) -> str:
         # msgspec encodes the rows' datetimes and UUIDs itself.
         return encode(
             Snapshot(
                 session=self.session,
                 tasks=list(self.tasks.values()),
                 latest=dict(self.latest),
-                presence=self.presence(),
+                presence=self.presence(mirror_here=mirror_here),
                 last_seq=last_seq,
                 ended=ended,
             )

@@ -13,12 +13,14 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
-from hub.live.buffer import PendingFrame
+if TYPE_CHECKING:
+    from hub.storage.live_store import PendingFrame
+
 
 INSERT_FRAMES = """
 INSERT INTO frames (session_id, seq, kind, task_id, device_ts, received_at, payload)

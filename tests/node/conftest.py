@@ -18,7 +18,7 @@ from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.settings import Settings
 from hub.storage.frames import asyncpg_dsn
 from tests.support.live import Proxy, pg_proxy
-from tests.support.nodes import Node, StartBehindProxy, StartNode
+from tests.support.nodes import GatedStore, Node, StartBehindProxy, StartNode
 
 
 @pytest.fixture
@@ -34,6 +34,7 @@ async def start_node(
             dataclasses.replace(settings, **values),
             database_url,
             backplane or MemoryBackplane(broker),
+            await GatedStore.connect(asyncpg_dsn(database_url)),
         )
         await node.start()
         started.append(node)
@@ -79,6 +80,7 @@ async def node_behind_proxy(
             dataclasses.replace(settings, **values),
             dsn(),
             MemoryBackplane(backplane.broker),
+            await GatedStore.connect(asyncpg_dsn(dsn())),
         )
         await node.start()
         started.append((node, proxy))

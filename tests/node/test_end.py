@@ -27,7 +27,6 @@ import pytest
 
 from hub import closecodes
 from hub.live.rooms import Watcher
-from hub.storage import frames as store
 from tests.support.nodes import (
     WAIT,
     NewSession,
@@ -72,9 +71,9 @@ async def test_end_on_a_node_whose_room_is_behind_waits_for_the_missing_frames(
         await node_b.end(live_b, 4)
         gate, node_b.fill_gate = node_b.fill_gate, None
         gate.set()
-        if live_b.filling is not None:
+        if node_b.gaps.filling(live_b) is not None:
             async with asyncio.timeout(WAIT):
-                await live_b.filling
+                await node_b.gaps.filling(live_b)
         assert kinds(watcher)[-1] == "ended"
         assert seqs(watcher) == [1, 2, 3, 4], (
             f"watcher got {seqs(watcher)} then ended last_seq=4 and a 1000 close"
@@ -137,10 +136,11 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
     node_b = await start_node()
     session_id = await new_session()
     read_done, release = asyncio.Event(), asyncio.Event()
-    real_load = store.load_session_state
+    assert node_b.store is not None
+    real_load = node_b.store.load_state
 
-    async def load_and_wait(conn: Any, sid: uuid.UUID, *args: Any) -> Any:
-        state = await real_load(conn, sid, *args)
+    async def load_and_wait(sid: uuid.UUID, *args: Any) -> Any:
+        state = await real_load(sid, *args)
         if sid == session_id and not release.is_set():
             read_done.set()
             await release.wait()
@@ -151,8 +151,8 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
         await node_a.attach_mirror(live_a)
         assert node_a.accept(live_a, [frame(s) for s in range(1, 4)]) is None
         await live_a.wait_stored(3)
-        monkeypatch.setattr(store, "load_session_state", load_and_wait)
-        loading = asyncio.create_task(node_b._acquire(session_id))
+        monkeypatch.setattr(node_b.store, "load_state", load_and_wait)
+        loading = asyncio.create_task(node_b.sessions.acquire(session_id))
         async with asyncio.timeout(WAIT):
             await read_done.wait()
         await node_a.end(live_a, 3)
@@ -168,7 +168,7 @@ async def test_end_published_while_the_session_loads_is_found_in_storage(
             "session ended in storage, but B holds it as live and its watcher waits for ever"
         )
     finally:
-        live_b.pins -= 1
+        live_b.unpin()
 
 
 async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_ended(
@@ -197,7 +197,7 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
             live_b.ended
             and live_b.end_after is not None
             and live_b.end_after[0] == 3
-            and live_b.room.seq == 0
+            and live_b.room.published_seq == 0
         )
         resumed = Watcher(1000, 0)
         node_b.join(live_b, resumed)
@@ -245,4 +245,4 @@ async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
         await proxy.start()
         async with node_b.use(session_id) as fresh:
             assert fresh is not None and fresh is not live_b
-            assert fresh.ended and fresh.end_after is None and fresh.room.seq == 3
+            assert fresh.ended and fresh.end_after is None and fresh.room.published_seq == 3

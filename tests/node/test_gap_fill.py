@@ -123,13 +123,13 @@ async def test_tail_lost_then_mirror_leaves_is_filled_from_storage(
             node_a.detach_mirror(live_a, link)  # the device went away
             await settle()
         await heartbeats(node_a, node_b)
-        if live_b.filling is not None:
+        if node_b.gaps.filling(live_b) is not None:
             async with asyncio.timeout(WAIT):
-                await live_b.filling
+                await node_b.gaps.filling(live_b)
         await settle()
         assert seqs(watcher) == [1, 2, 3, 4, 5] or watcher.outbox.close_code is not None, (
-            f"B's watcher got {seqs(watcher)}, room seq {live_b.room.seq} wanted "
-            f"{live_b.room.wanted}, no close"
+            f"B's watcher got {seqs(watcher)}, room seq {live_b.room.published_seq} wanted "
+            f"{live_b.room.known_seq}, no close"
         )
 
 
@@ -180,7 +180,7 @@ async def test_unreadable_frame_with_the_mirror_here_does_not_loop_on_4009(
             unreadable = sum("unreadable here" in r.getMessage() for r in caplog.records)
             assert not closed(watcher), (
                 f"the resumed watcher was closed with {watcher.outbox.close_code} again after "
-                f"frames {seqs(watcher)}; room seq {live_b.room.seq} (stored 5), frame 1 "
+                f"frames {seqs(watcher)}; room seq {live_b.room.published_seq} (stored 5), frame 1 "
                 f"reported unreadable {unreadable} times"
             )
             assert seqs(watcher) == list(range(watcher.skip_upto + 1, 6))
@@ -212,11 +212,11 @@ async def test_no_gap_fill_outlives_shutdown(
 
         monkeypatch.setattr(node_b.cluster, "stop", stop_while_a_frame_arrives)
         await node_b.shutdown()
-        filling = live_b.filling
+        filling = node_b.gaps.filling(live_b)
         try:
             assert filling is None or filling.done(), (
-                f"a gap fill is still running after shutdown (room seq {live_b.room.seq}, "
-                f"wanted {live_b.room.wanted})"
+                "a gap fill is still running after shutdown (room published"
+                f" {live_b.room.published_seq}, known {live_b.room.known_seq})"
             )
         finally:
             if filling is not None and not filling.done():

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from hub.live.backplane.memory import MemoryBackplane
 from hub.live.backplane.postgres import PostgresBackplane
-from hub.live.hub import LiveHub
+from hub.live.node import LiveHub
 from hub.live.rooms import RemotePresence, Room
 from hub.live.session import LiveSession
 from hub.settings import Settings
@@ -44,7 +44,7 @@ async def test_heartbeat_unsubscribe_racing_a_load_keeps_the_subscription(
     async with node_b.use(session_id):
         pass
     assert session_id not in node_b.sessions  # evicted; still subscribed
-    sweep = asyncio.create_task(node_b._heartbeat())
+    sweep = asyncio.create_task(node_b.peers.heartbeat())
     await asyncio.sleep(0)  # the sweep takes the lock and awaits UNLISTEN
     assert node_b.cluster._subscriptions.locked()
     async with node_b.use(session_id) as live_b, node_a.use(session_id) as live_a:
@@ -71,14 +71,14 @@ def live_hub_with_remote_mirror(backplane: MemoryBackplane) -> tuple[LiveHub, Ro
     hub = LiveHub(Settings(backplane_heartbeat_ms=1000), "postgresql://unused/none", backplane)
     room, _ = make_room()
     live = LiveSession(uuid.uuid4(), 0, False, room)
-    hub.sessions[live.id] = live
+    hub.sessions.add(live)
     room.remote["other"] = RemotePresence(watchers=1, mirror_since=5.0, heard_at=0.0)
     return hub, room
 
 
 async def test_silent_nodes_drop_out_of_presence() -> None:
     hub, room = live_hub_with_remote_mirror(Unplugged())
-    await hub._heartbeat()
+    await hub.peers.heartbeat()
     assert room.remote == {} and room.presence().mirror == "disconnected"
 
 
@@ -86,9 +86,9 @@ async def test_presence_is_kept_while_the_own_link_is_down_and_refreshed_on_rese
     backplane = Unplugged()
     backplane.connected = False
     hub, room = live_hub_with_remote_mirror(backplane)
-    await hub._heartbeat()  # our link is down: the other node's silence proves nothing
+    await hub.peers.heartbeat()  # our link is down: the other node's silence proves nothing
     assert room.presence().mirror == "connected"
     backplane.connected = True
-    hub.on_backplane_reset()  # back: the other node gets a full expiry period to speak up
-    await hub._heartbeat()
+    hub.peers.on_backplane_reset()  # back: the other node gets a full expiry period to speak up
+    await hub.peers.heartbeat()
     assert room.presence().mirror == "connected"

@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from hub.frames import MetricsFrame, ProtocolError
-from hub.live.hub import SessionUnavailable
+from hub.live.node import SessionUnavailable
 from hub.storage.frames import asyncpg_dsn
 from tests.support.nodes import (
     WAIT,
@@ -131,8 +131,8 @@ async def test_mirror_pinned_before_a_resync_reconnects_and_is_acked(
         # The old owner's last word before it died: frames up to 3 accepted, none stored.
         old_owner.cluster.presence(session_id, 3, 0, 0, 1.0)
         await settle()
-        assert live_b.room.wanted == 3
-        filling = live_b.filling
+        assert live_b.room.known_seq == 3
+        filling = node_b.gaps.filling(live_b)
         assert filling is not None
         async with asyncio.timeout(WAIT):
             await filling  # gives up: `_lost_track`

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 
 from hub.frames import MetricsFrame, encode
@@ -18,35 +19,59 @@ from hub.live.backplane.base import Backplane
 from hub.live.backplane.memory import MemoryBackplane
 from hub.live.buffer import PendingFrame
 from hub.live.cluster import channel_of
-from hub.live.hub import LiveHub
+from hub.live.node import LiveHub
 from hub.live.rooms import Room, Watcher
 from hub.live.session import LiveSession
 from hub.settings import Settings
+from hub.storage.live_store import LiveStore
 from tests.support.live import Proxy
 
 WAIT = 10.0  # the longest any awaited event may take before a test fails
 
 
-class Node(LiveHub):
-    """A LiveHub that also tells the test what its flusher committed."""
+class GatedStore(LiveStore):
+    """The live store, whose frame reads can be held: when `gate` is set, the next read
+    waits for it (a slow read: the pool is busy, or the query is); `reading` says one is
+    waiting."""
 
-    def __init__(self, settings: Settings, database_url: str, backplane: Backplane) -> None:
-        super().__init__(settings, database_url, backplane)
-        self.committed_upto: dict[uuid.UUID, int] = {}
-        self._commit = asyncio.Condition()
-        # When set, the gap filler's next storage read waits for it (a slow read: the pool
-        # is busy, or the query is); `fill_reading` says one is waiting.
-        self.fill_gate: asyncio.Event | None = None
-        self.fill_reading = asyncio.Event()
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
 
-    async def stored_frames(
+    async def frames_between(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
     ) -> list[tuple[int, str]]:
-        gate = self.fill_gate
+        gate = self.gate
         if gate is not None:
-            self.fill_reading.set()
+            self.reading.set()
             await gate.wait()
-        return await super().stored_frames(session_id, after, upto, page)
+        return await super().frames_between(session_id, after, upto, page)
+
+
+class Node(LiveHub):
+    """A LiveHub on a GatedStore that also tells the test what its flusher committed."""
+
+    def __init__(
+        self, settings: Settings, database_url: str, backplane: Backplane, store: GatedStore
+    ) -> None:
+        super().__init__(settings, database_url, backplane, store)
+        self.gated = store
+        self.committed_upto: dict[uuid.UUID, int] = {}
+        self._commit = asyncio.Condition()
+
+    # The gap filler's (and catch-up's) storage reads wait for this event while it is set.
+    @property
+    def fill_gate(self) -> asyncio.Event | None:
+        return self.gated.gate
+
+    @fill_gate.setter
+    def fill_gate(self, gate: asyncio.Event | None) -> None:
+        self.gated.gate = gate
+
+    @property
+    def fill_reading(self) -> asyncio.Event:
+        return self.gated.reading
 
     def _committed(self, batch: Sequence[PendingFrame]) -> None:
         super()._committed(batch)
@@ -115,7 +140,7 @@ async def stream_then_leave(
 async def heartbeats(*nodes: Node, rounds: int = 3) -> None:
     for _ in range(rounds):
         for node in nodes:
-            await node._heartbeat()
+            await node.peers.heartbeat()
         await settle()
 
 
@@ -188,7 +213,7 @@ async def mirror_left_a_and_b_lost_storage(
             await live_a.wait_stored(6)
             assert link_a.acked == 6  # the device drops frames 1..6
             await settle()
-            assert live_b.room.seq == 6
+            assert live_b.room.published_seq == 6
             node_a.detach_mirror(live_a, link_a)  # the device leaves A
             await settle()
             await proxy.stop()  # ... and reaches B, whose PostgreSQL is gone

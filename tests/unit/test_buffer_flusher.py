@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hub.frames import MetricsFrame
 from hub.live.buffer import BACKLOG_BATCHES, PendingFrame, WriteBuffer
 from hub.live.flusher import Flusher
-from hub.live.rooms import Limits, Outbox, Room
+from hub.live.rooms import Limits, Room
+from hub.live.sendqueue import SendQueue
 from hub.storage.frames import asyncpg_dsn
+from hub.storage.live_store import LiveStore
 
 A, B, C = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 WAIT = 10.0
@@ -190,7 +192,7 @@ async def test_the_buffers_books_stay_right_whatever_the_order_of_events() -> No
 
 
 def test_a_watcher_queue_is_bounded_in_bytes() -> None:
-    outbox = Outbox(bound=1_000, max_bytes=1_000)
+    outbox = SendQueue(bound=1_000, max_bytes=1_000)
     assert outbox.push("x" * 600)
     assert outbox.push("y" * 400)
     assert not outbox.push("z")
@@ -198,7 +200,7 @@ def test_a_watcher_queue_is_bounded_in_bytes() -> None:
 
 
 def test_a_watcher_queue_counts_what_the_writer_took() -> None:
-    outbox = Outbox(bound=1_000, max_bytes=1_000)
+    outbox = SendQueue(bound=1_000, max_bytes=1_000)
     for _ in range(100):  # a watcher that keeps up, never quite empty
         assert outbox.push("x" * 600)
         assert outbox.pop() == "x" * 600
@@ -226,7 +228,7 @@ def test_frames_waiting_behind_a_gap_are_bounded_in_bytes() -> None:
         r.offer(seq, "x" * 1_000)
     assert len(r.pending) == 5 and r.pending_bytes == 5_000
     r.offer(1, "y")
-    assert r.seq == 6 and r.pending_bytes == 0
+    assert r.published_seq == 6 and r.pending_bytes == 0
 
 
 # --- the state limits ---------------------------------------------------------------------
@@ -317,7 +319,7 @@ class Committed:
 async def test_the_flusher_takes_from_every_session_round_robin(pool: asyncpg.Pool) -> None:
     buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
     committed = Committed()
-    flusher = Flusher(buffer, pool, 0.05, committed, lambda ids: None)
+    flusher = Flusher(buffer, LiveStore(pool), 0.05, committed, lambda ids: None)
     fill(buffer, A, 3_000)  # a backlog of 60 flushes
     fill(buffer, B, 5)
     flusher.start()
@@ -344,7 +346,7 @@ async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
 ) -> None:
     buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
     committed = Committed()
-    flusher = Flusher(buffer, pool, 0.02, committed, lambda ids: None, isolate_s=0.1)
+    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
     flusher.start()
     locker = await pool.acquire()
     lock = locker.transaction()

@@ -1,4 +1,4 @@
-"""Unit test of `hub.live.connection.close` at the ASGI boundary: closing a socket whose
+"""Unit test of `hub.endpoints.connection.close` at the ASGI boundary: closing a socket whose
 client is already gone is no error (at a SIGTERM this used to log one "Exception in ASGI
 application" per vanished client). The live path itself is tested over real sockets."""
 
@@ -8,7 +8,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from hub import closecodes
-from hub.live.connection import close
+from hub.endpoints.connection import close
 
 
 async def test_close_when_the_client_is_gone_is_quiet() -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 HUB = ROOT / "hub"
 # The live core does no I/O of its own: the web framework and the server stay above it.
@@ -111,7 +109,6 @@ def test_openapi_imports_no_endpoint() -> None:
     assert not {m for m in imported("hub.openapi") if m.startswith("hub.endpoints")}
 
 
-@pytest.mark.xfail(strict=False, reason="live-core redesign in progress")
 def test_live_core_imports_no_web_framework() -> None:
     offenders = {
         name: sorted(m for m in imported(name) if m.split(".")[0] in WEB_FRAMEWORKS)

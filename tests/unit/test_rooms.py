@@ -24,7 +24,7 @@ def test_frames_in_order_are_published_at_once() -> None:
     for seq in (1, 2, 3):
         room.offer(seq, frame_text(seq))
     assert delivered(watcher) == [frame_text(s) for s in (1, 2, 3)]
-    assert room.seq == 3 and not room.behind
+    assert room.published_seq == 3 and not room.behind
     assert room.latest == {"accuracy": 0.03}
 
 
@@ -39,7 +39,7 @@ def test_a_frame_ahead_of_a_gap_waits_for_the_gap() -> None:
     room, watcher = make_room(seq=10)
     room.offer(13, frame_text(13))
     room.offer(12, frame_text(12))
-    assert delivered(watcher) == [] and room.behind and room.wanted == 13
+    assert delivered(watcher) == [] and room.behind and room.known_seq == 13
     room.offer(11, frame_text(11))  # from storage
     assert delivered(watcher) == [frame_text(s) for s in (11, 12, 13)]
     assert not room.behind and not room.pending
@@ -70,7 +70,7 @@ def test_stale_pending_entries_are_dropped_once_passed() -> None:
     room.offer(3, frame_text(3))
     for seq in (1, 2, 3):  # storage delivers 3 before the pending copy is looked at
         room.offer(seq, frame_text(seq))
-    assert not room.pending and room.seq == 3
+    assert not room.pending and room.published_seq == 3
 
 
 def test_presence_sums_the_nodes() -> None:

@@ -3,7 +3,7 @@
 A node publishes on a channel (one per live session) and receives what every node, itself
 included, publishes on the channels it subscribed to. The backplane is a transport with
 precisely these guarantees; everything the hub promises on top of it (gap-free watching,
-presence) comes from sequence numbers, storage and heartbeats in `hub.live.hub`.
+presence) comes from sequence numbers, storage and heartbeats (`hub.live.peers`, `hub.live.gaps`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from hub import closecodes, metrics
 from hub.frames import Ack, encode
-from hub.live.rooms import Outbox
+from hub.live.node import LiveHub
+from hub.live.sendqueue import SendQueue
 from hub.live.session import MirrorLink
 
 log = logging.getLogger("hub.connection")
@@ -42,7 +43,9 @@ async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = 
         pass
 
 
-async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | None = None) -> None:
+async def run_writer(
+    websocket: WebSocket, outbox: SendQueue, link: MirrorLink | None = None
+) -> None:
     """Drain `outbox` (and, for a mirror, its newest ack) into the socket until a close is
     requested; the caller closes the socket. A send blocks while the peer does not read."""
     sent_ack = link.acked if link is not None else 0
@@ -66,7 +69,7 @@ async def run_writer(websocket: WebSocket, outbox: Outbox, link: MirrorLink | No
 
 async def pump(
     websocket: WebSocket,
-    outbox: Outbox,
+    outbox: SendQueue,
     on_text: Callable[[str], Awaitable[None]],
     rate: float,
     link: MirrorLink | None = None,
@@ -94,7 +97,7 @@ async def pump(
         await asyncio.gather(writer, reader, closing, return_exceptions=True)
 
 
-def _close_on_failure(reader: asyncio.Task[None], outbox: Outbox) -> None:
+def _close_on_failure(reader: asyncio.Task[None], outbox: SendQueue) -> None:
     """The reader failed (a bug, or storage failing where it was not expected): say so with
     the traceback and close with 1011, so the client resumes instead of seeing a bare drop."""
     if not reader.done() or reader.cancelled() or outbox.close_code is not None:
@@ -104,6 +107,28 @@ def _close_on_failure(reader: asyncio.Task[None], outbox: Outbox) -> None:
         return  # the peer is gone: nobody to tell
     log.error("connection failed; closing with 1011", exc_info=exc)
     outbox.close(closecodes.INTERNAL)
+
+
+async def serve(
+    node: LiveHub,
+    websocket: WebSocket,
+    outbox: SendQueue,
+    on_text: Callable[[str], Awaitable[None]],
+    link: MirrorLink | None = None,
+) -> None:
+    """Run one connection until it ends; the node's shutdown waits for every one of them."""
+    rate = node.settings.ws_max_messages_per_s
+    task = asyncio.create_task(pump(websocket, outbox, on_text, rate, link))
+    node.connection_opened(task)
+    gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
+    gauge.inc()
+    try:
+        await asyncio.shield(task)
+    finally:
+        if not task.done():  # the endpoint itself was cancelled
+            task.cancel()
+        node.connection_closed(task)
+        gauge.dec()
 
 
 class RateLimit:
@@ -128,7 +153,7 @@ class RateLimit:
 
 async def _read(
     websocket: WebSocket,
-    outbox: Outbox,
+    outbox: SendQueue,
     on_text: Callable[[str], Awaitable[None]],
     rate_limit: RateLimit,
 ) -> None:

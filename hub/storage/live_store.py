@@ -1,0 +1,141 @@
+"""The live path's storage interface: everything the live core asks of PostgreSQL.
+
+The node, the flusher and the gap filler talk to storage only through a `LiveStore`, which
+owns the asyncpg pool. Every failure to reach storage (a refused connection, a server error,
+a timeout) comes out as the one `StorageUnavailable`; what the caller does then (retry, keep
+buffering, close with 1011) is the caller's policy, not this module's. The SQL itself is in
+`hub.storage.frames`.
+
+`PendingFrame` is the row the write buffer holds and `store_batch` stores: it is defined here,
+below the live core, so storage never imports from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from hub.frames import TaskFrame
+from hub.storage import frames as sql
+
+
+class StorageUnavailable(Exception):
+    """PostgreSQL could not be reached or did not answer in time; nothing was committed."""
+
+
+class SessionDeleted(Exception):
+    """A batch named a session that no longer exists (erased while live): nothing of the
+    batch was committed; `existing_sessions` says which of its sessions are left."""
+
+
+# What asyncpg and the network raise when storage is down or slow.
+_UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@dataclasses.dataclass(slots=True)
+class PendingFrame:
+    """One accepted frame on its way to the frames table."""
+
+    session_id: uuid.UUID
+    seq: int
+    kind: str
+    task_id: uuid.UUID | None
+    device_ts: float
+    received_at: datetime
+    text: str  # the frame's canonical JSON: stored as the payload and sent to watchers
+    task: TaskFrame | None  # task events also update the tasks table
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MirrorClaim:
+    """What storage says to a mirror connecting: where its frames continue, and when (by the
+    database's clock, the one clock every node shares)."""
+
+    mirror_connected_at: datetime | None  # set when asked to mark the first connection
+    stored_seq: int
+    claimed_at: float
+
+
+class LiveStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str) -> LiveStore:
+        # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
+        return cls(await asyncpg.create_pool(dsn, min_size=0, max_size=6))
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        try:
+            async with asyncio.timeout(timeout_s), self._pool.acquire() as conn:
+                yield conn
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise SessionDeleted(str(exc)) from exc
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+
+    async def load_state(self, session_id: uuid.UUID, max_tasks: int) -> dict[str, Any] | None:
+        """The session row (with its last seq and last metrics) and its oldest `max_tasks`
+        tasks; None if the session does not exist."""
+        async with self._connection() as conn:
+            return await sql.load_session_state(conn, session_id, max_tasks)
+
+    async def claim_mirror(
+        self, session_id: uuid.UUID, first_connection: bool, timeout_s: float
+    ) -> MirrorClaim:
+        """A mirror connects: record its first connection if `first_connection`, and read the
+        highest stored seq (another node's connection may have stored frames this one never
+        saw) with the database's time."""
+        async with self._connection(timeout_s) as conn:
+            connected_at = (
+                await sql.mark_mirror_connected(conn, session_id) if first_connection else None
+            )
+            stored_seq, claimed_at = await sql.mirror_claim(conn, session_id)
+        return MirrorClaim(connected_at, stored_seq, claimed_at)
+
+    async def mark_ended(self, session_id: uuid.UUID) -> datetime:
+        async with self._connection() as conn:
+            return await sql.mark_ended(conn, session_id)
+
+    async def frames_between(
+        self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
+    ) -> list[tuple[int, str]]:
+        """Stored frames with after < seq <= upto (at most `page`), as (seq, JSON text)."""
+        async with self._connection() as conn:
+            return await sql.frames_between(conn, session_id, after, upto, page)
+
+    async def store_batch(self, batch: Sequence[PendingFrame]) -> None:
+        """Store `batch` in one transaction (a frame stored already is skipped); raises
+        StorageUnavailable or SessionDeleted if nothing was committed."""
+        async with self._connection() as conn:
+            await sql.store_batch(conn, batch)
+
+    async def existing_sessions(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        async with self._connection() as conn:
+            return await sql.existing_sessions(conn, ids)
+
+    async def stored_tails(
+        self, ids: Sequence[uuid.UUID], timeout_s: float
+    ) -> dict[uuid.UUID, tuple[int, datetime | None]]:
+        """For each session: its highest stored seq and when it ended (None: not ended)."""
+        async with self._connection(timeout_s) as conn:
+            return await sql.stored_tails(conn, ids)
+
+    async def tasks_of_other_sessions(
+        self, session_id: uuid.UUID, task_ids: Sequence[uuid.UUID], timeout_s: float
+    ) -> set[uuid.UUID]:
+        async with self._connection(timeout_s) as conn:
+            return await sql.tasks_of_other_sessions(conn, session_id, task_ids)
