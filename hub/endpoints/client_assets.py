@@ -2,9 +2,9 @@
 page `/demo/mirror?session=ID#token=…`.
 
 The module's source is clients/js/mirror-hub.js; hub/static/client holds a byte-identical copy
-so an installed wheel serves it too (tests/test_js_client.py checks they are the same). Like
-/watch, the demo page is public and holds no data: what it writes goes over the WebSocket and
-needs a credential, which stays in the URL fragment and never reaches a server log.
+so an installed wheel serves it too (tests/browser/test_js_client.py checks they are the same).
+Like /watch, the demo page is public and holds no data: what it writes goes over the WebSocket
+and needs a credential, which stays in the URL fragment and never reaches a server log.
 """
 
 from __future__ import annotations
