@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--database-url", required=True)
     args = parser.parse_args()
-    # The same server stack and flags as `hub serve` (hub/cli.py).
+    # The same server stack and flags as `hub serve` (hub/cli_serve.py).
     uvicorn.run(
         create_app(args.database_url),
         host=args.host,

@@ -44,7 +44,7 @@ def do_run_migrations(connection: Connection) -> None:
 
 async def run_async_migrations(url: str) -> None:
     # asyncpg waits 60 s for a connection by default; an unreachable server should be said
-    # sooner (hub.cli explains the error).
+    # sooner (hub.cli_errors explains the error).
     engine = create_async_engine(url, poolclass=pool.NullPool, connect_args={"timeout": 10})
     async with engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
