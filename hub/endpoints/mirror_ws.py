@@ -72,9 +72,10 @@ def _reader(
     rules = MirrorRules()
 
     async def on_text(text: str) -> None:
-        # Shutting down, or replaced by a newer connection of this mirror: the message is not
-        # acked here, so the mirror resends it to the hub / connection that now owns the session.
-        if not live_hub.accepting or live.mirror is not link or live.erased:
+        # Shutting down, replaced by a newer connection of this mirror, or the session ended or
+        # was erased: the message is not acked here, so the mirror resends it to the hub /
+        # connection that now owns the session (or learns the session is over).
+        if not live_hub.accepting or not live.takes_frames_from(link):
             return
         try:
             msg = rules.read(text)
@@ -84,7 +85,7 @@ def _reader(
             # Backpressure: while this session's share of the buffer is full, this socket is
             # not read, so TCP slows the mirror down; nothing is dropped.
             foreign_tasks = await live_hub.admit(live, msg, len(text))
-            if not live_hub.accepting or live.mirror is not link:
+            if not live_hub.accepting or not live.takes_frames_from(link):
                 return
             error = live_hub.accept(live, msg, foreign_tasks)
             if error is not None:

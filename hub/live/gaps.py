@@ -88,7 +88,7 @@ class GapFiller:
                 continue
             if loop.time() >= give_up_at:
                 self._lose_track(live)
-                if live.mirror is None:
+                if not live.mirror_connected:
                     return
                 give_up_at = loop.time() + self._gap_timeout_s  # the mirror's frames will be stored
             await asyncio.sleep(delay)

@@ -78,7 +78,7 @@ class Intake:
                 or live.room.session.get("mirror_connected_at") is None
             ):
                 raise SessionUnavailable("storage unavailable") from exc
-        if live.dropped or live.erased or live.ended:
+        if not live.writable:  # ended, dropped or erased while storage was asked
             raise SessionUnavailable("session changed meanwhile; reconnect")
         if claim is not None:
             claimed_at = claim.claimed_at

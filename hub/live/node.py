@@ -166,9 +166,11 @@ class LiveHub:
         """The session ended after `last_seq`. No mirror may write any more; this node's
         watchers get `ended` once its room has published every frame up to `last_seq`
         (at once, unless the room is still filling a gap)."""
+        if live.gone:  # dropped or erased meanwhile: nobody is fed from this object any more
+            return
         if live.end_after_seq(last_seq, ended_at):
             self._finish_if_due(live)
-        else:
+        elif live.room.behind:
             self.gaps.fill_soon(live)
 
     def _finish_if_due(self, live: LiveSession) -> None:
@@ -189,7 +191,7 @@ class LiveHub:
         room.offer(seq, text, frame)
         if room.behind:
             self.gaps.fill_soon(live)
-        elif live.end_after is not None:  # the usual frame has no end pending: no call
+        elif live.ending:  # the usual frame has no end pending: no call
             self._finish_if_due(live)
 
     def _lose_track(self, live: LiveSession) -> None:
@@ -204,7 +206,7 @@ class LiveHub:
         live.room.close_watchers(closecodes.RESYNC)
         # The next connection loads it afresh from storage; connections that hold this
         # one already are turned away when they join or attach (`dropped`).
-        if live.mirror is None and self.sessions.drop(live):
+        if not live.mirror_connected and self.sessions.drop(live):
             live.drop()
             self.peers.goodbye(live)  # its watchers are leaving
 
@@ -236,7 +238,7 @@ class LiveHub:
     # Watchers ----------------------------------------------------------------------------
 
     def join(self, live: LiveSession, watcher: Watcher) -> None:
-        if live.dropped:  # this room is fed no more: resume on the one now in memory
+        if not live.joinable:  # this room is fed no more: resume on the one now in memory
             watcher.outbox.close(closecodes.RESYNC)
             return
         # The others hear of the newcomer; the newcomer reads presence in its snapshot.
@@ -275,7 +277,7 @@ class LiveHub:
         sessions = list(self.sessions)
         return LiveStats(
             sessions=len(sessions),
-            mirrors=sum(1 for s in sessions if s.mirror is not None),
+            mirrors=sum(1 for s in sessions if s.mirror_connected),
             watchers=sum(len(s.room.watchers) for s in sessions),
             buffered_frames=len(self.buffer),
             buffer_max_frames=self.buffer.max_frames,

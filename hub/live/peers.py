@@ -76,7 +76,7 @@ class Peers:
             if gone:
                 log.info("session=%s: %d node(s) silent, dropped from presence", live.id, gone)
                 live.broadcast_presence()
-            if live.room.watchers or live.mirror is not None:
+            if live.room.watchers or live.mirror_connected:
                 self.announce(live)
 
     async def maintain(self) -> None:
@@ -88,7 +88,7 @@ class Peers:
             live
             for live in self._registry
             if live.room.watchers
-            and live.mirror is None
+            and not live.mirror_connected
             and not live.ended
             and not live.room.remote_mirror
         ]
@@ -142,14 +142,14 @@ class Peers:
                 min(note.stored_seq, room.published_seq)
             )  # the owner's word on what is stored
             # The mirror connected there after it connected here: ours is a stale connection.
-            if live.mirror is not None and (note.mirror_since, note.node) > (
+            if live.mirror_connected and (note.mirror_since, note.node) > (
                 live.mirror_since,
                 self._cluster.node,
             ):
                 live.close_mirror(closecodes.REPLACED)
         if changed:
             live.broadcast_presence()
-        if new_node and room.knows(note.node) and (room.watchers or live.mirror is not None):
+        if new_node and room.knows(note.node) and (room.watchers or live.mirror_connected):
             self.announce(live)  # a node new to this session learns of us at once
 
     def on_remote_ended(self, session_id: uuid.UUID, last_seq: int, ended_at: datetime) -> None:
@@ -176,9 +176,9 @@ class Peers:
         watched = []
         for live in self._registry:
             live.room.heard_all(heard_at)
-            if live.room.watchers or live.mirror is not None:
+            if live.room.watchers or live.mirror_connected:
                 self.announce(live)
-            if live.room.watchers and live.mirror is None and not live.ended:
+            if live.room.watchers and not live.mirror_connected and not live.ended:
                 watched.append(live)
         if watched:  # what was lost may have been a stream's last words: ask storage now
             task = asyncio.create_task(self._sync_from_storage(watched))

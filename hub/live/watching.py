@@ -26,7 +26,7 @@ def plan_catch_up(live: LiveSession, since: int | None) -> CatchUp:
     # Ended before the join: nothing more will come, so `ended` follows the catch-up. (Ending
     # after the join, or ended while this node's room still fills a gap, reaches the watcher
     # through its send queue, like any other message.)
-    ended = live.ended and live.end_after is None
+    ended = live.told_ended
     if since is None:
         return CatchUp(last_seq, None, [live.snapshot(last_seq, ended)], ended)
     memory = live.room.logged_after(since)

@@ -176,7 +176,7 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
 ) -> None:
     """`e` reaches B while B's room still misses frame 1 (a marker; B's storage
     read is slow). A watcher that joined before and one that resumes with `since` now (the
-    endpoint's `ended_at_join` is False: end_after is pending) both get 1..3, then exactly
+    endpoint's `ended_at_join` is False: the end is pending) both get 1..3, then exactly
     one `ended`, then a normal close; a watcher joining afterwards is ended at join."""
     node_a = await start_node()
     node_b = await start_node()
@@ -195,13 +195,13 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
             await node_b.fill_reading.wait()
         assert (
             live_b.ended
-            and live_b.end_after is not None
-            and live_b.end_after[0] == 3
+            and live_b.pending_end is not None
+            and live_b.pending_end[0] == 3
             and live_b.room.published_seq == 0
         )
         resumed = Watcher(1000, 0)
         node_b.join(live_b, resumed)
-        assert not (live_b.ended and live_b.end_after is None)  # watch_ws: not ended at join
+        assert not (live_b.ended and live_b.pending_end is None)  # watch_ws: not ended at join
         gate, node_b.fill_gate = node_b.fill_gate, None
         gate.set()
         for watcher in (before, resumed):
@@ -209,7 +209,7 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
             assert seqs(watcher) == [1, 2, 3]
             assert kinds(watcher).count("ended") == 1 and kinds(watcher)[-1] == "ended"
             assert watcher.outbox.close_code == closecodes.NORMAL
-        assert live_b.ended and live_b.end_after is None  # a later watcher: ended at join
+        assert live_b.ended and live_b.pending_end is None  # a later watcher: ended at join
 
 
 async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
@@ -234,7 +234,7 @@ async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
         await settle()
         async with asyncio.timeout(WAIT):
             await node_b.fill_reading.wait()
-        assert live_b.end_after is not None and live_b.end_after[0] == 3
+        assert live_b.pending_end is not None and live_b.pending_end[0] == 3
         await proxy.stop()  # B's storage is gone: the filler cannot read frame 1
         gate, node_b.fill_gate = node_b.fill_gate, None
         gate.set()
@@ -245,4 +245,4 @@ async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
         await proxy.start()
         async with node_b.use(session_id) as fresh:
             assert fresh is not None and fresh is not live_b
-            assert fresh.ended and fresh.end_after is None and fresh.room.published_seq == 3
+            assert fresh.ended and fresh.pending_end is None and fresh.room.published_seq == 3

@@ -178,7 +178,8 @@ def closed(watcher: Watcher) -> bool:
 def accept_as_newer_hub(node: Node, live: LiveSession, seq: int, text: str) -> None:
     """What `LiveHub.accept` does on a newer hub whose frames carry a field this version's
     decoder rejects: buffer the frame (the flusher stores it) and publish it."""
-    live.last_accepted = seq
+    live.check_seq(seq)
+    live.accepted(seq)
     node.buffer.put(
         PendingFrame(
             session_id=live.id,
