@@ -163,6 +163,53 @@ class SeriesOut(Struct):
     points: list[SeriesPoint]
 
 
+class MetricSummary(Struct):
+    """One metric of one task over the metric frames the mirror streamed."""
+
+    count: int
+    min: float
+    mean: float
+    max: float
+    last: float  # the value of the highest seq
+
+
+class TaskReport(Struct):
+    task_id: uuid.UUID
+    task_name: str
+    status: TaskStatus
+    # As recorded (a finished frame or POST /sessions/{id}/tasks); null if none was.
+    duration_seconds: float | None
+    # Device times of the task's first and last stored frame; null: no frame names the task.
+    first_frame_at: datetime | None
+    last_frame_at: datetime | None
+    frames: int
+    metrics: dict[str, MetricSummary]  # from the metric frames, by metric name
+    results: dict[str, Any]  # the task's recorded result metrics
+
+
+class Completeness(Struct):
+    frames_stored: int
+    first_seq: int | None
+    last_seq: int | None
+    # Seqs between 1 and last_seq that are not stored, as [first, last] ranges (at most 1,000).
+    missing_ranges: list[tuple[int, int]]
+    missing_count: int
+    # Not recorded by this hub version: always null.
+    mirror_disconnections: int | None = None
+
+
+class SessionReport(Struct):
+    session_id: uuid.UUID
+    child_ref: str | None
+    created_at: datetime
+    mirror_connected_at: datetime | None
+    ended_at: datetime | None
+    tasks: list[TaskReport]  # in the order they were created
+    # Metric frames that name no task.
+    outside_tasks: dict[str, MetricSummary]
+    completeness: Completeness
+
+
 class LiveStats(Struct):
     sessions: int  # live sessions in memory
     mirrors: int

@@ -230,6 +230,7 @@ HTTP_MATRIX = [
     Endpoint("GET", "/sessions/{session}/series", STAFF, query="metric=accuracy"),
     Endpoint("GET", "/audit", ADMIN),
     Endpoint("GET", "/catalogue", STAFF),
+    Endpoint("GET", "/sessions/{session}/report", STAFF),
     Endpoint("DELETE", "/sessions/{session}", ADMIN),
     Endpoint("GET", "/sessions/{session}", SESSION_SCOPED),
     Endpoint("POST", "/sessions/{session}/tasks", SESSION_SCOPED_CREATE, {"task_name": "squat"}),
