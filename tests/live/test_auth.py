@@ -232,6 +232,7 @@ HTTP_MATRIX = [
     Endpoint("GET", "/catalogue", STAFF),
     Endpoint("GET", "/sessions/{session}/report", STAFF),
     Endpoint("GET", "/sessions/{session}/frames.csv", STAFF),
+    Endpoint("GET", "/sessions/{session}/fhir", STAFF),
     Endpoint("DELETE", "/sessions/{session}", ADMIN),
     Endpoint("GET", "/sessions/{session}", SESSION_SCOPED),
     Endpoint("POST", "/sessions/{session}/tasks", SESSION_SCOPED_CREATE, {"task_name": "squat"}),
