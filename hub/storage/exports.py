@@ -47,41 +47,41 @@ EXPORT_TIMEOUT_S = 3_600.0
 async def frames_csv(engine: AsyncEngine, session_id: uuid.UUID) -> AsyncIterator[bytes]:
     """The CSV (with its header line), chunk by chunk as PostgreSQL sends it. Slow readers slow
     the COPY down (the queue is bounded); a reader that stops cancels it."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
+    # Chunks, then None at the end, or the COPY's error.
+    queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(QUEUE_CHUNKS)
 
     async def put(chunk: bytes | bytearray | memoryview) -> None:
         # asyncpg hands over bytearray chunks; Starlette sends bytes.
         await queue.put(bytes(chunk))
 
     async def copy() -> None:
-        async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            await driver.copy_from_query(
-                CSV_QUERY,
-                session_id,
-                output=put,
-                format="csv",
-                header=True,
-                timeout=EXPORT_TIMEOUT_S,
-            )
-        await queue.put(None)
+        try:
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await driver.copy_from_query(
+                    CSV_QUERY,
+                    session_id,
+                    output=put,
+                    format="csv",
+                    header=True,
+                    timeout=EXPORT_TIMEOUT_S,
+                )
+        except Exception as exc:  # handed to the reader, which is still reading
+            await queue.put(exc)
+        else:
+            await queue.put(None)
 
     task = asyncio.create_task(copy())
     try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done() and (task.cancelled() or task.exception() is not None):
-                getter.cancel()
-                task.result()  # the COPY failed: raise its error
-            chunk = await getter  # the COPY ended well: what it put last is queued
-            if chunk is None:
-                break
-            yield chunk
+        while (item := await queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
         await task
     finally:
+        # The reader left (the client went away) or the COPY failed: stop it either way.
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

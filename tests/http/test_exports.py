@@ -3,6 +3,7 @@ header, UTF-8; every export audited."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -123,3 +124,36 @@ async def test_csv_of_unknown_session_is_404(hub_server: HubProcess) -> None:
         response = await http.get(f"/sessions/{uuid.uuid4()}/frames.csv")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+FILL = """
+INSERT INTO frames (session_id, seq, kind, device_ts, received_at, payload)
+SELECT :s, g, 'metrics', g, now(),
+       jsonb_build_object('type', 'metrics', 'seq', g, 'ts', g,
+                          'values', jsonb_build_object('accuracy', g / 1e6, 'stability', 0.5))
+FROM generate_series(1, :n) g
+"""
+
+
+async def test_abandoned_exports_free_their_connections(
+    hub_server: HubProcess, engine: AsyncEngine
+) -> None:
+    """Readers that leave after the first chunk cancel their COPY: more of them than the hub's
+    connection pool holds, and a whole export still follows."""
+    session_id = await create_session(hub_server.http)
+    async with engine.begin() as conn:
+        await conn.execute(text(FILL), {"s": uuid.UUID(session_id), "n": 50_000})
+    url = f"/sessions/{session_id}/frames.csv"
+    logged_before = len(hub_server.logs())
+    async with httpx.AsyncClient(base_url=hub_server.http, headers=staff_headers()) as http:
+        for _ in range(30):
+            async with http.stream("GET", url, timeout=30) as response:
+                assert response.status_code == 200
+                async for _chunk in response.aiter_raw():
+                    break
+        async with asyncio.timeout(60):
+            whole = await http.get(url, timeout=60)
+    assert whole.status_code == 200
+    assert whole.content.count(b"\n") == 1 + 2 * 50_000
+    logged = hub_server.logs()[logged_before:]
+    assert "ERROR" not in logged and "Traceback" not in logged, logged
