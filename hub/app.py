@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from hub import metrics
+from hub import catalogue, metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.edge import HostGuard
@@ -39,6 +39,9 @@ log = logging.getLogger("hub")
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     openapi_document = build_openapi(api.OPERATIONS)
+    # Read here, not in the lifespan: a file made unreadable since the settings checked it
+    # fails the app's creation, with CatalogueError's message.
+    metric_catalogue = catalogue.load(settings.metrics_catalogue)
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document)
@@ -67,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             sessionmaker=make_sessionmaker(engine),
             live=live,
             tokens=tokens,
+            catalogue=metric_catalogue,
         )
         restore_signals = drain_on_signal(live)
         # Everything built so far lives as long as the process: keep it out of the garbage

@@ -8,7 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from hub.auth import TokenService
+from hub.catalogue import DEFAULTS
 from hub.live.node import LiveHub
+from hub.schemas import Catalogue
 from hub.settings import Settings
 
 
@@ -19,6 +21,7 @@ class HubContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     live: LiveHub
     tokens: TokenService | None  # None: authentication switched off (development only)
+    catalogue: Catalogue = dataclasses.field(default_factory=lambda: Catalogue(dict(DEFAULTS)))
 
 
 def context(conn: HTTPConnection) -> HubContext:

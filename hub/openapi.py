@@ -61,6 +61,8 @@ class Operation:
     # Other documented answers that carry a body other than ErrorBody: (status, type, text).
     other_responses: tuple[tuple[int, Any, str], ...] = ()
     description: str = ""
+    # The success answer's media type (`response` is then its schema: str for text).
+    media_type: str = "application/json"
     # Who may call it; None: public (no credential needed).
     roles: tuple[Role, ...] | None = ("admin", "therapist")
 
@@ -86,7 +88,7 @@ def build_openapi(operations: list[Operation]) -> dict[str, Any]:
             "responses": {
                 str(op.status): {
                     "description": "Success",
-                    "content": {"application/json": {"schema": by_type[op.response]}},
+                    "content": {op.media_type: {"schema": by_type[op.response]}},
                 }
             },
         }

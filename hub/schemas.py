@@ -42,11 +42,25 @@ TaskName = Annotated[
 ]
 
 
+# A pseudonym, not a name: letters, digits and `_ . : -` only (e.g. `child-0042`).
+CHILD_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*(?!\n)$"
+ChildRef = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=CHILD_REF_PATTERN,
+        description="The clinic's pseudonymous reference to the child, e.g. `child-0042`.",
+    ),
+]
+
+
 class SessionCreate(Struct, forbid_unknown_fields=True):
     child_name: Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
     child_age: Annotated[int, Meta(ge=0, le=25)] | None = None
     child_height_cm: Annotated[float, Meta(gt=20, lt=250)] | None = None
     child_weight_kg: Annotated[float, Meta(gt=1, lt=300)] | None = None
+    child_ref: ChildRef | None = None
 
 
 class SessionOut(Struct):
@@ -58,6 +72,7 @@ class SessionOut(Struct):
     child_weight_kg: float | None
     mirror_connected_at: datetime | None = None
     ended_at: datetime | None = None
+    child_ref: str | None = None
 
 
 class SessionCreated(SessionOut):
@@ -69,6 +84,32 @@ class SessionPage(Struct):
     items: list[SessionOut]
     # Pass as `cursor` to get the next (older) page; null on the last page.
     next_cursor: str | None = None
+
+
+Finite = Annotated[float, Meta(ge=-1e12, le=1e12)]
+
+
+class MetricInfo(Struct, forbid_unknown_fields=True):
+    """How to show and judge one metric (hub.catalogue)."""
+
+    display_name: Annotated[str, Meta(min_length=1, max_length=100)]
+    unit: Annotated[str, Meta(max_length=20, description="as shown: `%`, `°`, `cm`, or empty")]
+    # The UCUM code of the shown unit (`%`, `deg`, `cm`, `1`); null: none is known.
+    ucum: Annotated[str, Meta(min_length=1, max_length=40)] | None = None
+    # Shown value = stored value times scale (accuracy is stored 0-1 and shown in %).
+    scale: Annotated[float, Meta(gt=0, le=1e6)] = 1.0
+    decimals: Annotated[int, Meta(ge=0, le=6)] = 2
+    # [low, high] in the shown unit; null: no range is known.
+    good_range: tuple[Finite, Finite] | None = None
+    better: Literal["higher", "lower", "in_range"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.good_range is not None and self.good_range[0] > self.good_range[1]:
+            raise ValueError("good_range must be [low, high] with low <= high")
+
+
+class Catalogue(Struct, forbid_unknown_fields=True):
+    metrics: dict[MetricName, MetricInfo]
 
 
 class TaskCreate(Struct, forbid_unknown_fields=True):
@@ -120,6 +161,53 @@ class SeriesOut(Struct):
     metric: str
     bucket_ms: int | None
     points: list[SeriesPoint]
+
+
+class MetricSummary(Struct):
+    """One metric of one task over the metric frames the mirror streamed."""
+
+    count: int
+    min: float
+    mean: float
+    max: float
+    last: float  # the value of the highest seq
+
+
+class TaskReport(Struct):
+    task_id: uuid.UUID
+    task_name: str
+    status: TaskStatus
+    # As recorded (a finished frame or POST /sessions/{id}/tasks); null if none was.
+    duration_seconds: float | None
+    # Device times of the task's first and last stored frame; null: no frame names the task.
+    first_frame_at: datetime | None
+    last_frame_at: datetime | None
+    frames: int
+    metrics: dict[str, MetricSummary]  # from the metric frames, by metric name
+    results: dict[str, Any]  # the task's recorded result metrics
+
+
+class Completeness(Struct):
+    frames_stored: int
+    first_seq: int | None
+    last_seq: int | None
+    # Seqs between 1 and last_seq that are not stored, as [first, last] ranges (at most 1,000).
+    missing_ranges: list[tuple[int, int]]
+    missing_count: int
+    # Not recorded by this hub version: always null.
+    mirror_disconnections: int | None = None
+
+
+class SessionReport(Struct):
+    session_id: uuid.UUID
+    child_ref: str | None
+    created_at: datetime
+    mirror_connected_at: datetime | None
+    ended_at: datetime | None
+    tasks: list[TaskReport]  # in the order they were created
+    # Metric frames that name no task.
+    outside_tasks: dict[str, MetricSummary]
+    completeness: Completeness
 
 
 class LiveStats(Struct):

@@ -16,6 +16,8 @@ from typing import Literal
 import dotenv
 import platformdirs
 
+from hub import catalogue
+
 LOG_LEVELS = ("info", "debug", "warning", "error", "critical")
 ACCEPTED_URL_FORMS = "postgresql://…, postgres://… or postgresql+asyncpg://…"
 
@@ -113,6 +115,16 @@ def _backplane(env: Mapping[str, str]) -> str:
     raise SettingsError("HUB_BACKPLANE must be memory, postgres or a redis:// URL")
 
 
+def _catalogue(env: Mapping[str, str]) -> Path | None:
+    """The catalogue file, read and checked now so that a bad one stops the hub at startup."""
+    path = _path(env, "HUB_METRICS_CATALOGUE")
+    try:
+        catalogue.load(path)
+    except catalogue.CatalogueError as exc:
+        raise SettingsError(f"HUB_METRICS_CATALOGUE: {exc}") from None
+    return path
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # None means: start the embedded PostgreSQL in data_dir.
@@ -205,6 +217,8 @@ class Settings:
     # Set by `hub serve --workers N` for its workers (prometheus-client reads it too): where
     # each worker keeps its metric values, so that /metrics on any of them reports the sum.
     prometheus_multiproc_dir: Path | None = None
+    # A JSON file of metric display names, units, good ranges (hub.catalogue); checked here.
+    metrics_catalogue: Path | None = None
 
     @property
     def backplane_kind(self) -> Literal["memory", "postgres", "redis"]:
@@ -256,6 +270,7 @@ class Settings:
             ws_ping_timeout_s=_int(env, "HUB_WS_PING_TIMEOUT_S", cls.ws_ping_timeout_s),
             auth_secret=env.get("HUB_AUTH_SECRET", "").strip() or None,
             auth_public_key_file=_path(env, "HUB_AUTH_PUBLIC_KEY_FILE"),
+            metrics_catalogue=_catalogue(env),
             auth_audience=env.get("HUB_AUTH_AUDIENCE", "").strip() or None,
             auth_disabled=_bool(env, "HUB_AUTH_DISABLED", False),
             public_docs=_bool(env, "HUB_PUBLIC_DOCS", True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from hub.endpoints import admin, health, sessions, tasks
+from hub.endpoints import admin, catalogue, exports, health, reports, sessions, tasks
 from hub.endpoints.guard import guard
 from hub.openapi import Operation
 
@@ -12,6 +12,9 @@ from hub.openapi import Operation
 OPERATIONS: list[Operation] = [
     *sessions.OPERATIONS,
     *tasks.OPERATIONS,
+    *reports.OPERATIONS,
+    *exports.OPERATIONS,
+    *catalogue.OPERATIONS,
     *admin.OPERATIONS,
     *health.OPERATIONS,
 ]

@@ -15,6 +15,7 @@ from hub.endpoints.params import bad_query, parse_uuid, query_int, query_time
 from hub.endpoints.responses import json_response
 from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
 from hub.schemas import (
+    CHILD_REF_PATTERN,
     METRIC_NAME_PATTERN,
     SeriesOut,
     SeriesPoint,
@@ -29,6 +30,7 @@ from hub.storage.models import Session
 MAX_PAGE = 200
 METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 MAX_POINTS = 10_000
+CHILD_REF = re.compile(CHILD_REF_PATTERN)
 
 
 def session_out(row: Session) -> SessionOut:
@@ -41,6 +43,7 @@ def session_out(row: Session) -> SessionOut:
         child_weight_kg=row.child_weight_kg,
         mirror_connected_at=row.mirror_connected_at,
         ended_at=row.ended_at,
+        child_ref=row.child_ref,
     )
 
 
@@ -77,10 +80,18 @@ async def list_sessions(request: Request) -> Response:
     after = query_time(request, "created_after")
     before = query_time(request, "created_before")
     cursor = request.query_params.get("cursor")
+    child_ref = request.query_params.get("child_ref")
+    if child_ref is not None and (len(child_ref) > 64 or not CHILD_REF.fullmatch(child_ref)):
+        raise bad_query("child_ref", "must be a child reference such as child-0042")
     async with context(request).sessionmaker() as db:
         try:
             rows, next_cursor = await repository.list_sessions(
-                db, limit=limit, cursor=cursor, created_after=after, created_before=before
+                db,
+                limit=limit,
+                cursor=cursor,
+                created_after=after,
+                created_before=before,
+                child_ref=child_ref,
             )
         except repository.BadCursor as exc:
             raise bad_query("cursor", str(exc)) from None
@@ -135,6 +146,7 @@ OPERATIONS = [
             "child_age": 7,
             "child_height_cm": 122.5,
             "child_weight_kg": 24.0,
+            "child_ref": "child-0042",
         },
         errors=(413, 422),
     ),
@@ -151,6 +163,12 @@ OPERATIONS = [
             Param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page"),
             Param("created_after", "query", _TIME, "only sessions created at or after this"),
             Param("created_before", "query", _TIME, "only sessions created before this"),
+            Param(
+                "child_ref",
+                "query",
+                {"type": "string", "maxLength": 64, "pattern": CHILD_REF_PATTERN},
+                "only the sessions of this child (its `child_ref`)",
+            ),
         ),
         errors=(422,),
     ),

@@ -54,7 +54,9 @@ class Session(Base):
         CheckConstraint("child_age BETWEEN 0 AND 25", name="child_age_range"),
         CheckConstraint("child_height_cm > 20 AND child_height_cm < 250", name="height_range"),
         CheckConstraint("child_weight_kg > 1 AND child_weight_kg < 300", name="weight_range"),
+        CheckConstraint("length(child_ref) BETWEEN 1 AND 64", name="child_ref_length"),
         Index("ix_sessions_created_at_id", "created_at", "id"),
+        Index("ix_sessions_child_ref_created_at", "child_ref", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -63,6 +65,8 @@ class Session(Base):
     child_age: Mapped[int | None]
     child_height_cm: Mapped[float | None] = mapped_column(Float)
     child_weight_kg: Mapped[float | None] = mapped_column(Float)
+    # A pseudonym the clinic chooses for the child (no name): links the child's sessions.
+    child_ref: Mapped[str | None] = mapped_column(String(64))
     # Set by the live path: when the mirror first connected and when the session ended.
     mirror_connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -67,6 +67,7 @@ async def create_session(db: AsyncSession, data: SessionCreate) -> Session:
         child_age=data.child_age,
         child_height_cm=data.child_height_cm,
         child_weight_kg=data.child_weight_kg,
+        child_ref=data.child_ref,
     )
     db.add(row)
     await db.commit()
@@ -85,6 +86,7 @@ async def list_sessions(
     cursor: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    child_ref: str | None = None,
 ) -> tuple[Sequence[Session], str | None]:
     """Newest first; keyset pagination on (created_at, id) so pages stay stable under inserts."""
     query = select(Session).order_by(Session.created_at.desc(), Session.id.desc())
@@ -97,6 +99,8 @@ async def list_sessions(
         query = query.where(Session.created_at >= created_after)
     if created_before is not None:
         query = query.where(Session.created_at < created_before)
+    if child_ref is not None:
+        query = query.where(Session.child_ref == child_ref)
     rows = (await db.scalars(query.limit(limit + 1))).all()
     next_cursor = None
     if len(rows) > limit:

@@ -124,7 +124,10 @@ def test_operation_has_id_summary_and_success_schema(
     assert len(successes) == 1, operation["responses"]
     success = operation["responses"][successes[0]]
     assert success["description"]
-    schema = success["content"]["application/json"]["schema"]
+    # One media type: JSON, or text/csv and application/fhir+json for the exports.
+    ((media_type, media),) = success["content"].items()
+    assert media_type in ("application/json", "text/csv", "application/fhir+json"), media_type
+    schema = media["schema"]
     assert schema.get("$ref") or schema.get("type"), schema
     for param in params_in(operation, "path"):
         assert "{" + param["name"] + "}" in path and param["required"] is True
