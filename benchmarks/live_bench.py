@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " baseline and hubs of older commits that do not speak it need 1); hub-p2 always does",
     )
     parser.add_argument(
+        "--watcher-max-delay-ms",
+        type=int,
+        default=0,
+        help="protocol 2 watchers ask for this batching delay (max_delay_ms in hello)",
+    )
+    parser.add_argument(
         "--target",
         type=parse_targets,
         help=f"one of {', '.join(TARGETS)}, a comma-separated list of them, or both (hub and"

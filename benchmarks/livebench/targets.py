@@ -154,7 +154,12 @@ class Server:
     gets the single process's CPU budget, and its server CPU is the sum over its processes."""
 
     def __init__(
-        self, target: Target, database_url: str, cpus: str | None, watcher_protocol: int = 1
+        self,
+        target: Target,
+        database_url: str,
+        cpus: str | None,
+        watcher_protocol: int = 1,
+        watcher_max_delay_ms: int = 0,
     ) -> None:
         self.target = target.name
         self.variant = target.variant
@@ -162,6 +167,7 @@ class Server:
         self.watcher_protocol = target.variant.watcher_protocol
         if target.variant.app == "hub":
             self.watcher_protocol = max(self.watcher_protocol, watcher_protocol)
+        self.watcher_max_delay_ms = watcher_max_delay_ms
         self.source = target.source
         self.exported = target.commit is not None
         self.database_url = database_url
@@ -288,6 +294,8 @@ class Server:
         has authentication (hub.auth); the baseline ignores the token."""
         protocol = self.watcher_protocol if role == "watcher" else 1
         message: dict[str, Any] = {"type": "hello", "protocol": protocol}
+        if protocol == 2 and self.watcher_max_delay_ms:
+            message["max_delay_ms"] = self.watcher_max_delay_ms
         try:
             from hub.auth import TokenService
         except ImportError:  # a hub without authentication
