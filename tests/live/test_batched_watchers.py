@@ -1,15 +1,17 @@
 """Acceptance (protocol 2): a watcher that says `"protocol": 2` gets every frame once and in
 order in `batch` messages — live, after a snapshot, resuming with `since` (from memory and
-from PostgreSQL), when cut off with 4008, up to `ended` — while a protocol 1 watcher of the
+from PostgreSQL), when cut off with 4008 or 4009, up to `ended` — while a protocol 1 watcher of the
 same session gets the same frames one per message."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -231,3 +233,39 @@ async def test_stalled_protocol_2_watcher_is_cut_off_with_4008_and_resumes(
         while len(seen.seqs) < frames:
             seen.take(await recv(ws), session_id)
     assert seen.seqs == list(range(1, frames + 1))
+
+
+async def test_protocol_2_watcher_closed_with_4009_resumes_in_batches(
+    start_hub: Callable[..., Awaitable[HubProcess]], database_url: str
+) -> None:
+    """A gap on the backplane that storage cannot fill (a publisher announces a frame 1000
+    that nobody stores) closes the watcher with 4009, with no frame out of order before it;
+    a protocol 2 resume with `since` then gets the rest in batches."""
+    hub = await start_hub(HUB_BACKPLANE="postgres", HUB_BACKPLANE_GAP_TIMEOUT_MS="500", **UNLIMITED)
+    session_id = await create_session(hub.http)
+    async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
+        await stream(mirror, 1, 20)
+        await wait_acked(mirror, 20)
+    seen = Seen()
+    async with open_client(hub.ws, session_id, "watch", protocol=2, since=0) as (ws, _):
+        while len(seen.seqs) < 20:
+            seen.take(await recv(ws), session_id)
+        channel = "mh_" + uuid.UUID(session_id).hex
+        frame = orjson.dumps(metrics_frame(1000)).decode()
+        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, f"f elsewhere 1000 {frame}")
+        finally:
+            await conn.close()
+        code = await read_to_close(ws, seen, session_id)
+    assert code == 4009
+    assert seen.seqs == list(range(1, 21))  # nothing past the gap, nothing out of order
+    async with open_client(hub.ws, session_id, "watch", protocol=2, since=20) as (ws, welcome):
+        assert welcome["last_seq"] == 20 and welcome["protocol"] == 2
+        async with open_client(hub.ws, session_id, "mirror") as (mirror, hello):
+            assert hello["last_seq"] == 20
+            await stream(mirror, 21, 120)
+            while len(seen.seqs) < 120:
+                seen.take(await recv(ws), session_id)
+    assert seen.seqs == list(range(1, 121))
+    assert all(m["type"] != "metrics" for m in seen.messages)
