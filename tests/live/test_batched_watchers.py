@@ -1,7 +1,7 @@
 """Acceptance (protocol 2): a watcher that says `"protocol": 2` gets every frame once and in
 order in `batch` messages — live, after a snapshot, resuming with `since` (from memory and
-from PostgreSQL), when cut off with 4008 or 4009, up to `ended` — while a protocol 1 watcher of the
-same session gets the same frames one per message."""
+from PostgreSQL), when cut off with 4008 or 4009, up to `ended` — while a protocol 1 watcher
+of the same session gets the same frames one per message."""
 
 from __future__ import annotations
 
