@@ -7,6 +7,8 @@
     python benchmarks/live_bench.py clinic --target hub --sessions 100 --seconds 10
     python benchmarks/live_bench.py clinic --target hub-redis
     python benchmarks/live_bench.py clinic --target hub,hub@HEAD~5 --seconds 20
+    python benchmarks/live_bench.py clinic --target hub-p2,hub,hub@HEAD~5   # protocol 2 watchers
+    python benchmarks/live_bench.py max --target hub --watcher-protocol 2
 
 Every run starts a fresh server process (`hub serve`, or benchmarks/baseline_app.py: one
 transaction per frame before broadcasting) on a fresh database `bench_<random>` created on
@@ -85,6 +87,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watchers", type=int, help="W, watchers per session (2)")
     parser.add_argument("--seconds", type=float, help="T, seconds of sending (clinic 20, max 10)")
     parser.add_argument("--drain", type=float, help="seconds allowed after T for stragglers")
+    parser.add_argument(
+        "--watcher-protocol",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: every hub target's watchers speak protocol 2 (frames in batches; the"
+        " baseline and hubs of older commits that do not speak it need 1); hub-p2 always does",
+    )
+    parser.add_argument(
+        "--watcher-max-delay-ms",
+        type=int,
+        default=0,
+        help="protocol 2 watchers ask for this batching delay (max_delay_ms in hello)",
+    )
     parser.add_argument(
         "--target",
         type=parse_targets,

@@ -27,7 +27,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-PROTOCOL = 1
+# Protocol 2: the hub sends frames in `batch` messages (fewer messages for the same frames);
+# pass protocol=1 for one frame per message.
+PROTOCOL = 2
 # Close codes after which reconnecting cannot help (reconnect=False in hub/closecodes.py).
 # 4032: the session already has its maximum of watchers.
 FINAL_CLOSE_CODES = {1000, 1002, 1003, 1007, 1008, 1009, 4001, 4004, 4005, 4029, 4032}
@@ -55,6 +57,7 @@ class WatcherClient:
         token: str | None = None,
         *,
         since: int | None = None,
+        protocol: int = PROTOCOL,
         on_message: Callback | None = None,
         queue_size: int = 10_000,
         backoff_initial: float = 0.05,
@@ -63,6 +66,7 @@ class WatcherClient:
         self.url = ws_url(base_url, f"/ws/sessions/{session_id}/watch")
         self.session_id = session_id
         self._token, self._on_message, self._queue_size = token, on_message, queue_size
+        self._protocol = protocol
         self._backoff_initial, self._backoff_max = backoff_initial, backoff_max
         # Unbounded queue with a manual bound, so the end-of-stream marker always fits.
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -165,7 +169,7 @@ class WatcherClient:
             return 1006, f"{type(exc).__name__}: {exc}", True
 
     async def _handshake(self, ws: ClientConnection) -> None:
-        hello: Message = {"type": "hello", "token": self._token, "protocol": PROTOCOL}
+        hello: Message = {"type": "hello", "token": self._token, "protocol": self._protocol}
         if self.last_seq is not None:
             hello["since"] = self.last_seq  # replay everything after what we have seen
         self.last_error = None
@@ -181,7 +185,7 @@ class WatcherClient:
         self.connected.set()
 
     async def _receive(self, message: Message) -> None:
-        if message.get("type") == "batch":  # not sent by the hub today; cheap to support
+        if message.get("type") == "batch":  # protocol 2: each frame as if it came alone
             for frame in message.get("frames", []):
                 await self._receive(frame)
             return

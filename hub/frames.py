@@ -18,7 +18,12 @@ from msgspec import Meta, Struct
 from hub.schemas import Metrics, TaskName, TaskStatus
 
 PROTOCOL_VERSION = 1
+# Watchers may ask for protocol 2: frames come in `batch` messages (mirrors speak 1 only).
+PROTOCOL_BATCHED = 2
 MAX_BATCH = 500
+# What the hub puts into one `batch` to a protocol 2 watcher at most (besides a first frame
+# that is larger alone), so that clients with a 1 MiB message limit can read every batch.
+MAX_BATCH_BYTES = 512 * 1024
 
 Seq = Annotated[int, Meta(ge=1, le=2**62)]
 Timestamp = Annotated[float, Meta(ge=0, le=1e11, description="device clock, seconds since epoch")]
@@ -41,11 +46,13 @@ class ProtocolError(Exception):
 
 
 class Hello(Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
-    """First message of every client. `token` is the credential; `since` is for watchers."""
+    """First message of every client. `token` is the credential; `since` is for watchers;
+    `max_delay_ms` for protocol 2 watchers (how long a frame may wait to share a batch)."""
 
     token: str | None = None
     since: Annotated[int, Meta(ge=0)] | None = None
     protocol: int = PROTOCOL_VERSION
+    max_delay_ms: Annotated[int, Meta(ge=0, le=3_600_000)] | None = None
 
 
 class MetricsFrame(
@@ -164,6 +171,12 @@ class Welcome(Struct, tag="welcome", tag_field="type"):
     node: str = ""
 
 
+class BatchedWelcome(Welcome, tag="welcome"):
+    """A protocol 2 watcher's welcome: also the batching delay in effect."""
+
+    max_delay_ms: int = 0
+
+
 class Ack(Struct, tag="ack", tag_field="type"):
     """Cumulative: every frame up to and including `seq` is committed to PostgreSQL."""
 
@@ -201,3 +214,41 @@ def error_message(exc: ProtocolError) -> bytes:
     return encode(
         Error(code=exc.code, message=exc.message, seq=exc.seq, expected_seq=exc.expected_seq)
     )
+
+
+class Batching:
+    """How one protocol 2 watcher gets its frames: `batch` messages of up to `max_frames`
+    frames and `max_bytes` (a larger frame goes alone), built by joining the frames' encoded
+    texts (never decoded again); while frames keep coming, at most one batch per
+    `max_delay_s` (0: whatever is queued goes at once)."""
+
+    __slots__ = ("max_bytes", "max_delay_s", "max_frames", "prefix")
+
+    def __init__(
+        self,
+        session_id: uuid.UUID,
+        max_delay_ms: int = 0,
+        max_frames: int = MAX_BATCH,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        self.prefix = f'{{"type":"batch","session_id":"{session_id}","frames":['
+        self.max_delay_s = max_delay_ms / 1000
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+
+    def message(self, frames: list[str]) -> str:
+        """One `batch` message carrying `frames` (encoded frame texts, oldest first)."""
+        return self.prefix + ",".join(frames) + "]}"
+
+    def messages(self, frames: list[str]) -> list[str]:
+        """`frames` in as many `batch` messages as the bounds need, in order."""
+        out: list[str] = []
+        start = size = 0
+        for i, text in enumerate(frames):
+            if i > start and (i - start >= self.max_frames or size + len(text) > self.max_bytes):
+                out.append(self.message(frames[start:i]))
+                start, size = i, 0
+            size += len(text)
+        if start < len(frames):
+            out.append(self.message(frames[start:]))
+        return out

@@ -154,6 +154,11 @@ class Settings:
     # your seq".
     watcher_queue_frames: int = 2_048
     watcher_queue_bytes: int = 1_048_576
+    # The most a protocol 2 watcher may ask its frames to wait, to share a batch (its
+    # `max_delay_ms`, which defaults to 0: send at once; 1 all but forbids waiting).
+    watcher_max_delay_ms: int = 1_000
+    # Acks one mirror gets a second at most; each carries the newest committed seq.
+    ack_max_hz: int = 20
     # Recent frames each live session keeps in memory for replay on `since`, at most this
     # many and this many bytes.
     replay_frames: int = 4_096
@@ -257,6 +262,8 @@ class Settings:
             flush_isolate_ms=_int(env, "HUB_FLUSH_ISOLATE_MS", cls.flush_isolate_ms),
             watcher_queue_frames=_int(env, "HUB_WATCHER_QUEUE_FRAMES", cls.watcher_queue_frames),
             watcher_queue_bytes=_int(env, "HUB_WATCHER_QUEUE_BYTES", cls.watcher_queue_bytes),
+            watcher_max_delay_ms=_int(env, "HUB_WATCHER_MAX_DELAY_MS", cls.watcher_max_delay_ms),
+            ack_max_hz=_int(env, "HUB_ACK_MAX_HZ", cls.ack_max_hz),
             replay_frames=_int(env, "HUB_REPLAY_FRAMES", cls.replay_frames),
             replay_bytes=_int(env, "HUB_REPLAY_BYTES", cls.replay_bytes),
             session_max_tasks=_int(env, "HUB_SESSION_MAX_TASKS", cls.session_max_tasks),

@@ -342,12 +342,19 @@ class Generator:
         await asyncio.gather(*(mirror(m) for m in self.mirrors))
 
     def _on_watch(self, log: Received) -> OnMessage:
-        """A watcher's messages: one frame each (snapshot and presence are skipped)."""
+        """A watcher's messages: one frame each, or (protocol 2) a `batch` of frames, each
+        counted as one delivery (snapshot and presence are skipped)."""
         latencies, loads, record = self.latencies, orjson.loads, log.record
 
         def on_message(raw: bytes, received: float) -> None:
             message = loads(raw)
             kind = message["type"]
+            if kind == "batch":
+                for frame in message["frames"]:
+                    latencies.append(received - frame["ts"])
+                    record(frame["seq"])
+                self.last_delivery = received
+                return
             if kind != "metrics" and kind != "task":
                 if kind == "error":
                     self.unexpected += 1

@@ -281,6 +281,10 @@ def describe_setup(args: argparse.Namespace, targets: Iterable[Target]) -> str:
         f"hub {rev or '?'}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]};"
         f" client {args.client}; {time.strftime('%Y-%m-%d %H:%M')}"
     )
+    if getattr(args, "watcher_protocol", 1) == 2:
+        text += "\nwatchers of every hub target speak protocol 2 (frames in batches)"
+    if getattr(args, "watcher_max_delay_ms", 0):
+        text += f"\nprotocol 2 watchers ask for max_delay_ms {args.watcher_max_delay_ms}"
     for t in targets:
         if t.commit is not None:
             text += f"\n{t.name}: commit {t.commit[:12]}, exported and run by the same interpreter"

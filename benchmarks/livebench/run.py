@@ -117,7 +117,9 @@ async def run_once(target: Target, load: Load, args: argparse.Namespace) -> Resu
     result: Result | None = None
     try:
         url = with_database(admin_url, database)
-        server = Server(target, url, args.server_cpus)
+        server = Server(
+            target, url, args.server_cpus, args.watcher_protocol, args.watcher_max_delay_ms
+        )
         await server.start()
         progress(f"  {server.describe()}, database {database}")
         db = await asyncpg.connect(url)

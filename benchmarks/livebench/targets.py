@@ -1,11 +1,12 @@
 """The servers a run measures, and how they start and stop.
 
-A target is `hub` (one `hub serve` process), `baseline` (benchmarks/baseline_app.py: one
-transaction per frame, then broadcast), or a scaled-out hub, `hub-postgres` or `hub-redis`:
-two hub processes on one database joined by that backplane (hub-redis with a redis-server of
-its own). Any hub target may also name another commit of the hub, `hub@REF`: that commit is
-exported with `git archive` into a temporary folder and run from there by this interpreter,
-so two versions of the hub are measured in one run, with the same settings.
+A target is `hub` (one `hub serve` process), `hub-p2` (the same, its watchers speaking
+protocol 2: frames in batches), `baseline` (benchmarks/baseline_app.py: one transaction per
+frame, then broadcast), or a scaled-out hub, `hub-postgres` or `hub-redis`: two hub processes
+on one database joined by that backplane (hub-redis with a redis-server of its own). Any hub
+target may also name another commit of the hub, `hub@REF`: that commit is exported with
+`git archive` into a temporary folder and run from there by this interpreter, so two versions
+of the hub are measured in one run, with the same settings.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Variant:
 
     app: str  # "hub" or "baseline"
     backplane: str | None = None  # None: one process; "postgres" or "redis": two
+    watcher_protocol: int = 1  # 2: watchers get frames in `batch` messages
 
     @property
     def processes(self) -> int:
@@ -49,6 +51,7 @@ class Variant:
 
 VARIANTS = {
     "hub": Variant("hub"),
+    "hub-p2": Variant("hub", watcher_protocol=2),
     "baseline": Variant("baseline"),
     "hub-postgres": Variant("hub", "postgres"),
     "hub-redis": Variant("hub", "redis"),
@@ -150,9 +153,21 @@ class Server:
     Every process, redis-server included, is pinned to the same `cpus`: a scaled-out target
     gets the single process's CPU budget, and its server CPU is the sum over its processes."""
 
-    def __init__(self, target: Target, database_url: str, cpus: str | None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        database_url: str,
+        cpus: str | None,
+        watcher_protocol: int = 1,
+        watcher_max_delay_ms: int = 0,
+    ) -> None:
         self.target = target.name
         self.variant = target.variant
+        # The variant's protocol, or a higher one the command line asks of every hub target.
+        self.watcher_protocol = target.variant.watcher_protocol
+        if target.variant.app == "hub":
+            self.watcher_protocol = max(self.watcher_protocol, watcher_protocol)
+        self.watcher_max_delay_ms = watcher_max_delay_ms
         self.source = target.source
         self.exported = target.commit is not None
         self.database_url = database_url
@@ -277,7 +292,10 @@ class Server:
     def hello(self, role: str, session_id: uuid.UUID) -> str:
         """The `hello` for a mirror or watcher of `session_id`, with a credential when the hub
         has authentication (hub.auth); the baseline ignores the token."""
-        message: dict[str, Any] = {"type": "hello", "protocol": 1}
+        protocol = self.watcher_protocol if role == "watcher" else 1
+        message: dict[str, Any] = {"type": "hello", "protocol": protocol}
+        if protocol == 2 and self.watcher_max_delay_ms:
+            message["max_delay_ms"] = self.watcher_max_delay_ms
         try:
             from hub.auth import TokenService
         except ImportError:  # a hub without authentication

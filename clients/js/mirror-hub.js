@@ -1,4 +1,5 @@
-// Mirror Hub client for browsers and Node >= 20: the wire protocol v1 (docs/protocol.md).
+// Mirror Hub client for browsers and Node >= 20: the wire protocol (docs/protocol.md), version 1
+// for mirrors, 2 (frames in batches) for watchers unless they ask for 1.
 //
 // MirrorClient keeps every frame until the hub acks it as committed, reconnects with
 // exponential backoff and full jitter (at once when the browser comes back online or a
@@ -807,6 +808,12 @@ export class MirrorClient extends Connection {
 export class WatcherClient extends Connection {
   constructor(options) {
     super(options, "watch");
+    // Protocol 2: the hub sends frames in `batch` messages (fewer messages, the same frames).
+    this.protocol = options.protocol ?? 2;
+    if (this.protocol !== 1 && this.protocol !== 2) throw new MirrorHubError("protocol must be 1 or 2");
+    // How long the hub may hold a frame to batch it with the next ones (protocol 2; 0: never).
+    this.maxDelayMs = options.maxDelayMs ?? 0;
+    if (!Number.isInteger(this.maxDelayMs) || this.maxDelayMs < 0) throw new MirrorHubError("maxDelayMs must be an integer >= 0");
     this.lastSeq = options.since ?? null; // null: start from a snapshot
     this.gaps = 0; // gaps seen on the wire (each repaired by a resume, never shown)
     this.duplicates = 0; // frames dropped because their seq was already shown
@@ -823,8 +830,9 @@ export class WatcherClient extends Connection {
   close() { this.stop(1000, "closed by client"); }
 
   hello() {
-    const hello = { type: "hello", token: this.token, protocol: PROTOCOL };
+    const hello = { type: "hello", token: this.token, protocol: this.protocol };
     if (this.lastSeq !== null) hello.since = this.lastSeq;
+    if (this.protocol === 2 && this.maxDelayMs > 0) hello.max_delay_ms = this.maxDelayMs;
     return hello;
   }
 

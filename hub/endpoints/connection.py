@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from hub import closecodes, metrics
-from hub.frames import Ack, encode
+from hub.frames import Ack, Batching, encode
 from hub.live.node import LiveHub
 from hub.live.sendqueue import SendQueue
 from hub.live.session import MirrorLink
@@ -44,27 +44,64 @@ async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = 
 
 
 async def run_writer(
-    websocket: WebSocket, outbox: SendQueue, link: MirrorLink | None = None
+    websocket: WebSocket,
+    outbox: SendQueue,
+    link: MirrorLink | None = None,
+    batching: Batching | None = None,
+    ack_interval_s: float = 0.0,
 ) -> None:
     """Drain `outbox` (and, for a mirror, its newest ack) into the socket until a close is
-    requested; the caller closes the socket. A send blocks while the peer does not read."""
+    requested; the caller closes the socket. A send blocks while the peer does not read.
+    With `batching` (a protocol 2 watcher) queued frames go out together in `batch` messages;
+    a mirror gets at most one ack per `ack_interval_s`."""
     sent_ack = link.acked if link is not None else 0
+    ack_sent_at = -ack_interval_s
+    sent_at = float("-inf")
     while True:
         await outbox.ready.wait()
         outbox.ready.clear()
         # A mirror's ack goes out before any close, so a shutdown acks what it stored.
         if link is not None and link.acked > sent_ack:
+            wait = ack_sent_at + ack_interval_s - time.monotonic()
+            if wait > 0 and outbox.close_code is None:
+                # Acks are cumulative: the one sent after the pause covers every commit
+                # made during it, so a mirror loses nothing by hearing fewer.
+                await asyncio.sleep(wait)
             sent_ack = link.acked
             await websocket.send_text(encode(Ack(seq=sent_ack)).decode())
+            ack_sent_at = time.monotonic()
             metrics.acked(link.acked_at)
         if outbox.close_code is not None and not outbox.flush_before_close:
             return
         if outbox.items and link is None:
             metrics.handed_off(len(outbox.items), outbox.oldest_at)
-        while outbox.items:
-            await websocket.send_text(outbox.pop())
+        if batching is None:
+            while outbox.items:
+                await websocket.send_text(outbox.pop())
+        else:
+            sent_at = await _send_batched(websocket, outbox, batching, sent_at)
         if outbox.close_code is not None:
             return
+
+
+async def _send_batched(
+    websocket: WebSocket, outbox: SendQueue, batching: Batching, sent_at: float
+) -> float:
+    """Send what is queued, each run of frames as `batch` messages; with a delay, at most one
+    message per `max_delay_s` unless a close is pending. When the last message went out."""
+    delay = batching.max_delay_s
+    while outbox.items:
+        if delay and outbox.close_code is None:
+            wait = sent_at + delay - time.monotonic()
+            if wait > 0:  # frames sent moments ago: let more gather, until a close at most
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(outbox.closing.wait(), wait)
+                if outbox.close_code is not None and not outbox.flush_before_close:
+                    return sent_at
+        frames = outbox.take_frames(batching.max_frames, batching.max_bytes)
+        await websocket.send_text(batching.message(frames) if frames else outbox.pop())
+        sent_at = time.monotonic()
+    return sent_at
 
 
 async def pump(
@@ -73,11 +110,13 @@ async def pump(
     on_text: Callable[[str], Awaitable[None]],
     rate: float,
     link: MirrorLink | None = None,
+    batching: Batching | None = None,
+    ack_interval_s: float = 0.0,
 ) -> None:
     """Run a connection: a writer task drains the outbox, a reader task hands each text
     message to `on_text`. Ends when the peer leaves or a close is requested on the outbox;
     then closes the socket with the requested code."""
-    writer = asyncio.create_task(run_writer(websocket, outbox, link))
+    writer = asyncio.create_task(run_writer(websocket, outbox, link, batching, ack_interval_s))
     reader = asyncio.create_task(_read(websocket, outbox, on_text, RateLimit(rate)))
     closing = asyncio.create_task(outbox.closing.wait())
     try:
@@ -115,10 +154,15 @@ async def serve(
     outbox: SendQueue,
     on_text: Callable[[str], Awaitable[None]],
     link: MirrorLink | None = None,
+    batching: Batching | None = None,
 ) -> None:
-    """Run one connection until it ends; the node's shutdown waits for every one of them."""
+    """Run one connection until it ends; the node's shutdown waits for every one of them.
+    `batching`: a protocol 2 watcher's."""
     rate = node.settings.ws_max_messages_per_s
-    task = asyncio.create_task(pump(websocket, outbox, on_text, rate, link))
+    ack_interval_s = 1 / node.settings.ack_max_hz
+    task = asyncio.create_task(
+        pump(websocket, outbox, on_text, rate, link, batching, ack_interval_s)
+    )
     node.connection_opened(task)
     gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
     gauge.inc()

@@ -1,4 +1,7 @@
-"""`/ws/sessions/{id}/watch`: therapists watch a session live, gap-free, from any point."""
+"""`/ws/sessions/{id}/watch`: therapists watch a session live, gap-free, from any point.
+
+A protocol 2 watcher gets the same messages, except that frames (catch-up and live) come in
+`batch` messages: whatever its writer finds queued, joined as already encoded."""
 
 from __future__ import annotations
 
@@ -12,7 +15,15 @@ from hub.auth import Principal
 from hub.context import HubContext, context
 from hub.endpoints.connection import close, serve
 from hub.endpoints.ws_common import PEER_GONE, connection_lifetime, handshake, welcome
-from hub.frames import Ended, Hello, ProtocolError, encode, error_message
+from hub.frames import (
+    PROTOCOL_BATCHED,
+    Batching,
+    Ended,
+    Hello,
+    ProtocolError,
+    encode,
+    error_message,
+)
 from hub.live.admission import Ticket
 from hub.live.node import LiveHub, SessionUnavailable
 from hub.live.sendqueue import Watcher
@@ -76,15 +87,22 @@ async def _watch(
     watcher = Watcher(
         ctx.settings.watcher_queue_frames, hello.since, ctx.settings.watcher_queue_bytes
     )
+    batching = _batching(hello, live, ctx)
     live_hub.join(live, watcher)
     try:  # from here on the watcher counts in presence: `leave` whatever happens
         plan = plan_catch_up(live, hello.since)
-        greeting = welcome(live, "watcher", plan.last_seq, ctx.settings, live_hub.cluster.node)
+        delay = None if batching is None else round(batching.max_delay_s * 1000)
+        node = live_hub.cluster.node
+        greeting = welcome(live, "watcher", plan.last_seq, ctx.settings, node, delay)
         try:
             await websocket.send_text(greeting)
             if plan.stored is not None:
-                await _send_stored(websocket, live_hub, live, *plan.stored)
-            for text in plan.memory:
+                await _send_stored(websocket, live_hub, live, batching, *plan.stored)
+            # With `since`, the frames logged after it; otherwise the snapshot, never batched.
+            memory = plan.memory
+            if batching is not None and hello.since is not None:
+                memory = batching.messages(memory)
+            for text in memory:
                 await websocket.send_text(text)
         except PEER_GONE:
             raise  # the watcher left: nothing to say to it
@@ -102,18 +120,32 @@ async def _watch(
                 error_message(ProtocolError("unexpected_message", "watchers only listen")).decode()
             )
 
-        await serve(live_hub, websocket, watcher.outbox, on_text)
+        await serve(live_hub, websocket, watcher.outbox, on_text, batching=batching)
     finally:
         live_hub.leave(live, watcher)
 
 
+def _batching(hello: Hello, live: LiveSession, ctx: HubContext) -> Batching | None:
+    """A protocol 2 watcher's batching, its delay capped by the hub's setting; None for 1."""
+    if hello.protocol != PROTOCOL_BATCHED:
+        return None
+    delay = min(hello.max_delay_ms or 0, ctx.settings.watcher_max_delay_ms)
+    return Batching(live.id, delay)
+
+
 async def _send_stored(
-    websocket: WebSocket, live_hub: LiveHub, live: LiveSession, after: int, upto: int
+    websocket: WebSocket,
+    live_hub: LiveHub,
+    live: LiveSession,
+    batching: Batching | None,
+    after: int,
+    upto: int,
 ) -> None:
     while after < upto:
         page = await live_hub.stored_frames(live.id, after, upto)
         if not page:
             raise LookupError(f"stored frames {after + 1}..{upto} missing")  # a broken invariant
-        for seq, text in page:
+        texts = [text for _, text in page]
+        for text in texts if batching is None else batching.messages(texts):
             await websocket.send_text(text)
-            after = seq
+        after = page[-1][0]

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -19,7 +19,9 @@ from hub.auth import ANONYMOUS_ADMIN, AuthError, Principal
 from hub.context import HubContext, context
 from hub.endpoints.connection import close
 from hub.frames import (
+    PROTOCOL_BATCHED,
     PROTOCOL_VERSION,
+    BatchedWelcome,
     Hello,
     ProtocolError,
     Welcome,
@@ -91,12 +93,12 @@ async def handshake(
         await send_error(websocket, exc)
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
-    if isinstance(hello, Hello) and hello.protocol != PROTOCOL_VERSION:
+    spoken = (PROTOCOL_VERSION, PROTOCOL_BATCHED) if role == "watcher" else (PROTOCOL_VERSION,)
+    if isinstance(hello, Hello) and hello.protocol not in spoken:
+        versions = " or ".join(map(str, spoken))
         await send_error(
             websocket,
-            ProtocolError(
-                "unsupported_protocol", f"this hub speaks protocol {PROTOCOL_VERSION} only"
-            ),
+            ProtocolError("unsupported_protocol", f"this hub speaks protocol {versions} only"),
         )
         await close(websocket, closecodes.PROTOCOL_ERROR, "unsupported protocol version")
         return None
@@ -156,17 +158,21 @@ def welcome(
     last_seq: int,
     settings: Settings,
     node: str,
+    max_delay_ms: int | None = None,
 ) -> str:
-    return encode(
-        Welcome(
-            session_id=live.id,
-            role=role,
-            last_seq=last_seq,
-            acked_seq=live.stored_seq,
-            max_message_bytes=settings.ws_max_message_bytes,
-            node=node,
-        )
-    ).decode()
+    """`max_delay_ms`: a protocol 2 watcher's batching delay in effect (None: protocol 1)."""
+    fields: dict[str, Any] = {
+        "session_id": live.id,
+        "role": role,
+        "last_seq": last_seq,
+        "acked_seq": live.stored_seq,
+        "max_message_bytes": settings.ws_max_message_bytes,
+        "node": node,
+    }
+    if max_delay_ms is None:
+        return encode(Welcome(**fields)).decode()
+    message = BatchedWelcome(**fields, protocol=PROTOCOL_BATCHED, max_delay_ms=max_delay_ms)
+    return encode(message).decode()
 
 
 def connection_lifetime(

@@ -3,6 +3,10 @@ without ever awaiting, drained by that connection's own writer (`hub.endpoints.c
 
 A peer that stops reading fills its own queue only; past the bound (in messages or bytes) it
 is closed with LAGGING and resumes with `since`.
+
+The queue knows which of its texts are frames, so that a protocol 2 watcher's writer can take
+the run of frames at its head and send them as one `batch` (`take_frames`), while any other
+message (presence, `ended`, an error) keeps its place between them.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ class SendQueue:
         self.close_reason = ""
         self.flush_before_close = False
         self.oldest_at = 0.0  # when the oldest queued item arrived (perf_counter)
+        # Where the queued messages that are not frames stand, counted in pushes; rare, so
+        # a frame costs no more than a count.
+        self.others: deque[int] = deque()
+        self.pushed = 0
+        self.popped = 0
 
-    def push(self, text: str) -> bool:
+    def push(self, text: str, frame: bool = False) -> bool:
         if self.close_code is not None:
             return False
         if len(self.items) >= self.bound or (
@@ -45,6 +54,9 @@ class SendQueue:
             self.oldest_at = time.perf_counter()
         self.queued_bytes += len(text)
         self.items.append(text)
+        if not frame:
+            self.others.append(self.pushed)
+        self.pushed += 1
         self.ready.set()
         return True
 
@@ -52,7 +64,29 @@ class SendQueue:
         """The oldest queued text, for the writer."""
         text = self.items.popleft()
         self.queued_bytes -= len(text)
+        if self.others and self.others[0] == self.popped:
+            self.others.popleft()
+        self.popped += 1
         return text
+
+    def take_frames(self, max_frames: int, max_bytes: int) -> list[str]:
+        """The frames at the head of the queue, oldest first, up to the first message that
+        is not a frame, `max_frames` and `max_bytes` (but at least one frame, if the head is
+        one). Empty when the head is not a frame: `pop` it."""
+        count = len(self.items) if not self.others else self.others[0] - self.popped
+        count = min(count, max_frames)
+        taken: list[str] = []
+        size = 0
+        items = self.items
+        while len(taken) < count:
+            text = items[0]
+            if taken and size + len(text) > max_bytes:
+                break
+            size += len(text)
+            taken.append(items.popleft())
+        self.queued_bytes -= size
+        self.popped += len(taken)
+        return taken
 
     def close(self, code: closecodes.CloseCode, reason: str = "", flush: bool = False) -> None:
         """Ask the writer to close the socket, after sending what is queued if `flush`;
@@ -74,4 +108,4 @@ class Watcher:
 
     def deliver(self, seq: int, text: str) -> None:
         if seq > self.skip_upto:
-            self.outbox.push(text)
+            self.outbox.push(text, True)

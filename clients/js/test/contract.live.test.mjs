@@ -145,6 +145,49 @@ test("a watcher of an ended session replays it once and stops; batches are accep
   assert.equal(watcher.state, "ended");
 });
 
+test("watchers speak protocol 2 (batches) by default and 1 on request: the same frames", async () => {
+  const session = await createSession();
+  const mirror = new MirrorClient({ url: HUB_URL, sessionId: session.id, token: session.mirror_token });
+  await mirror.start();
+  for (let i = 1; i <= 50; i++) mirror.send({ type: "metrics", values: { accuracy: i / 100 } });
+  await mirror.end();
+  /** A WebSocket that keeps the type of every message the hub sent. */
+  function recording(types) {
+    return class Recording extends WebSocket {
+      constructor(url) {
+        super(url);
+        this.addEventListener("message", (e) => types.push(JSON.parse(e.data).type));
+      }
+    };
+  }
+  const runs = [];
+  for (const options of [{ maxDelayMs: 50 }, { protocol: 1 }]) {
+    const types = [];
+    const watcher = new WatcherClient({
+      url: HUB_URL, sessionId: session.id, token: STAFF_TOKEN, since: 0, WebSocket: recording(types), ...options,
+    });
+    const seen = [];
+    let welcome = null;
+    watcher.addEventListener("welcome", (e) => (welcome = e.detail));
+    watcher.addEventListener("frame", (e) => seen.push(e.detail.seq));
+    const ended = once(watcher, "ended");
+    watcher.start();
+    await ended;
+    runs.push({ seen, welcome, types });
+  }
+  const [batched, single] = runs;
+  const all = Array.from({ length: 50 }, (_, i) => i + 1);
+  assert.deepEqual(batched.seen, all);
+  assert.deepEqual(single.seen, all);
+  assert.equal(batched.welcome.protocol, 2);
+  assert.equal(batched.welcome.max_delay_ms, 50);
+  assert.equal(single.welcome.protocol, 1);
+  assert.deepEqual(batched.types, ["welcome", "batch", "ended"]); // the replay in one batch
+  assert.equal(single.types.filter((t) => t === "metrics").length, 50);
+  assert.throws(() => new WatcherClient({ url: HUB_URL, sessionId: "s", protocol: 3 }), /protocol/);
+  assert.throws(() => new WatcherClient({ url: HUB_URL, sessionId: "s", maxDelayMs: -1 }), /maxDelayMs/);
+});
+
 test("a watcher never shows a gap: it drops the connection and resumes with since", async () => {
   const session = await createSession();
   const mirror = new MirrorClient({ url: HUB_URL, sessionId: session.id, token: session.mirror_token });

@@ -31,6 +31,10 @@ watcher.addEventListener("presence", (e) => console.log(e.detail.mirror, e.detai
 watcher.addEventListener("ended", (e) => console.log(e.detail.lastSeq));
 watcher.start();
 console.log(watcher.lastSeq, watcher.gaps, watcher.duplicates);
+const oldWatcher = new WatcherClient({ url: "ws://h", sessionId: "s", protocol: 1 });
+const slowWatcher = new WatcherClient({ url: "ws://h", sessionId: "s", maxDelayMs: 100 });
+const version: 1 | 2 = oldWatcher.protocol;
+console.log(version, slowWatcher.maxDelayMs);
 watcher.close();
 
 const frame: FrameInput = validateFrame({ type: "metrics", values: { a: 1 } });
@@ -45,3 +49,5 @@ mirror.send({ type: "task", task_id: "x", task_name: "squat", event: "started", 
 new MirrorClient({ url: "ws://h", sessionId: "s", store: "disk" });
 // @ts-expect-error: send() does not return a promise
 await mirror.send(frame).then(() => 0);
+// @ts-expect-error: watchers speak protocol 1 or 2
+new WatcherClient({ url: "ws://h", sessionId: "s", protocol: 3 });

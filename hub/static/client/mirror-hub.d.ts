@@ -1,4 +1,5 @@
-// Types of mirror-hub.js: the Mirror Hub wire protocol v1 client (docs/protocol.md).
+// Types of mirror-hub.js: the Mirror Hub wire protocol client (docs/protocol.md): version 1 for
+// mirrors, 2 (frames in batches) for watchers unless they ask for 1.
 
 export declare const PROTOCOL: 1;
 
@@ -94,6 +95,10 @@ export interface MirrorClientOptions extends ConnectionOptions {
 export interface WatcherClientOptions extends ConnectionOptions {
   /** Replay frames after this seq (0: the whole session); default: start from a snapshot. */
   since?: number | null;
+  /** 2 (default): the hub sends frames in batches, shown one by one all the same; 1: one per message. */
+  protocol?: 1 | 2;
+  /** Protocol 2: how long the hub may hold a frame to batch it with the next (default 0; the hub caps it). */
+  maxDelayMs?: number;
 }
 
 export interface Welcome {
@@ -106,6 +111,8 @@ export interface Welcome {
   max_batch: number;
   protocol: number;
   node?: string;
+  /** Protocol 2 watchers: the batching delay in effect. */
+  max_delay_ms?: number;
 }
 
 export interface Presence {
@@ -218,6 +225,10 @@ export declare class MirrorClient extends Connection<MirrorClientEvents> {
 
 export declare class WatcherClient extends Connection<WatcherClientEvents> {
   constructor(options: WatcherClientOptions);
+  /** The protocol version this watcher speaks. */
+  readonly protocol: 1 | 2;
+  /** The most it asks the hub to hold a frame for batching. */
+  readonly maxDelayMs: number;
   /** The last seq shown to the application (null before a snapshot). */
   readonly lastSeq: number | null;
   /** Gaps seen on the wire, each repaired by a resume and never shown. */
