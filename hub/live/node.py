@@ -30,9 +30,9 @@ from hub.live.cluster import Cluster
 from hub.live.flusher import Flusher
 from hub.live.gaps import GapFiller
 from hub.live.intake import NO_TASKS, Intake
+from hub.live.limits import Limits
 from hub.live.peers import Peers
 from hub.live.registry import Registry, SessionUnavailable
-from hub.live.rooms import Limits
 from hub.live.sendqueue import Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.schemas import LiveStats

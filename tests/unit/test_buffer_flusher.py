@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hub.frames import MetricsFrame
 from hub.live.buffer import BACKLOG_BATCHES, PendingFrame, WriteBuffer
 from hub.live.flusher import Flusher
-from hub.live.rooms import Limits, Room
+from hub.live.limits import Limits
+from hub.live.rooms import Room
 from hub.live.sendqueue import SendQueue
 from hub.storage.frames import asyncpg_dsn
 from hub.storage.live_store import LiveStore
