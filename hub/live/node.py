@@ -260,6 +260,13 @@ class LiveHub:
         if live is not None:
             live.room.add_task_results(str(task_id), values)
 
+    async def wait_stored(self, session_id: uuid.UUID, seq: int) -> None:
+        """Until this node has stored the session's frames up to `seq`. A session not in this
+        node's memory has nothing buffered here (it leaves memory only once stored): at once."""
+        live = self.sessions.get(session_id)
+        if live is not None:
+            await live.wait_stored(seq)
+
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
     ) -> list[tuple[int, str]]:

@@ -8,7 +8,7 @@ called by hand (the timer is set to a minute) so that nothing depends on timing;
 backplane is modelled by taking the receiving node's subscription away (a publisher-side
 drop, which the receiver never hears of) and, where the transport would say so, by the reset
 it then reports. Where an interleaving needs a slow storage read, the real read is wrapped so
-that it waits for an event (`Node.fill_gate`); a node's storage outage is a TCP proxy in
+that it waits for an event (`GatedStore.hold_reads`); a node's storage outage is a TCP proxy in
 front of PostgreSQL that is stopped.
 """
 
