@@ -34,6 +34,7 @@ from tests.support.nodes import (
     StartNode,
     backplane_loss,
     closed,
+    driven,
     frame,
     gated,
     heartbeats,
@@ -107,8 +108,8 @@ async def test_end_lost_on_the_backplane_is_found_in_storage(
                 await settle()
         # B's subscriber is back: the backplane reports the reset on both nodes (a Redis
         # restart resets every node), then heartbeats go on as usual.
-        node_b.cluster._on_reset()
-        node_a.cluster._on_reset()
+        driven(node_b).reset()
+        driven(node_a).reset()
         await settle()
         await heartbeats(node_a, node_b)
         # After the reset B asks storage, finds the lost frames and the end: its watcher

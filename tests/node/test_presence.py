@@ -46,7 +46,7 @@ async def test_heartbeat_unsubscribe_racing_a_load_keeps_the_subscription(
     assert session_id not in node_b.sessions  # evicted; still subscribed
     sweep = asyncio.create_task(node_b.peers.heartbeat())
     await asyncio.sleep(0)  # the sweep takes the lock and awaits UNLISTEN
-    assert node_b.cluster._subscriptions.locked()
+    assert node_b.cluster.subscribing
     async with node_b.use(session_id) as live_b, node_a.use(session_id) as live_a:
         assert live_b is not None and live_a is not None
         await sweep

@@ -15,7 +15,8 @@ import asyncpg
 import orjson
 
 from hub.frames import MetricsFrame, encode
-from hub.live.backplane.memory import MemoryBackplane
+from hub.live.backplane.base import OnMessage, OnReset
+from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.buffer import PendingFrame
 from hub.live.cluster import channel_of
 from hub.live.node import LiveHub
@@ -25,6 +26,35 @@ from hub.storage.live_store import LiveStore
 from tests.support.live import Proxy
 
 WAIT = 10.0  # the longest any awaited event may take before a test fails
+
+
+class DrivenBackplane(MemoryBackplane):
+    """The in-process backplane, which a test can also drive: `deliver` hands a message to
+    its node now (as the transport's delivery would), `reset` reports a reconnect (as after
+    a Redis restart)."""
+
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
+        super().__init__(broker)
+        self._deliver: OnMessage | None = None
+        self._reset: OnReset | None = None
+
+    async def start(self, on_message: OnMessage, on_reset: OnReset) -> None:
+        await super().start(on_message, on_reset)
+        self._deliver, self._reset = on_message, on_reset
+
+    def deliver(self, channel: str, message: str) -> None:
+        assert self._deliver is not None, "start first"
+        self._deliver(channel, message)
+
+    def reset(self) -> None:
+        assert self._reset is not None, "start first"
+        self._reset()
+
+
+def driven(node: LiveHub) -> DrivenBackplane:
+    backplane = node.cluster.backplane
+    assert isinstance(backplane, DrivenBackplane)
+    return backplane
 
 
 class GatedStore(LiveStore):
