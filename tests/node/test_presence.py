@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from hub.live.backplane.memory import MemoryBackplane
 from hub.live.backplane.postgres import PostgresBackplane
 from hub.live.node import LiveHub
-from hub.live.rooms import RemotePresence, Room
+from hub.live.rooms import Room
 from hub.live.session import LiveSession
 from hub.settings import Settings
 from hub.storage.frames import asyncpg_dsn
@@ -72,7 +72,7 @@ def live_hub_with_remote_mirror(backplane: MemoryBackplane) -> tuple[LiveHub, Ro
     room, _ = make_room()
     live = LiveSession(uuid.uuid4(), 0, False, room)
     hub.sessions.add(live)
-    room.remote["other"] = RemotePresence(watchers=1, mirror_since=5.0, heard_at=0.0)
+    room.hear("other", watchers=1, mirror_since=5.0, heard_at=0.0)
     return hub, room
 
 

@@ -241,7 +241,7 @@ def frame_text(seq: int) -> str:
 def make_room(seq: int = 0, max_pending: int = 100) -> tuple[Room, Watcher]:
     room = Room({"id": "s"}, [], replay_frames=10, seq=seq, max_pending=max_pending)
     watcher = Watcher(bound=1000, since=None)
-    room.watchers.add(watcher)
+    room.add_watcher(watcher)
     return room, watcher
 
 

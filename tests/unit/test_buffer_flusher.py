@@ -125,8 +125,9 @@ async def test_one_sessions_backlog_pauses_only_that_session() -> None:
 
 
 async def test_the_per_session_bound_counts_bytes() -> None:
-    buffer = WriteBuffer(10_000, 1 << 30, flush_frames=100, session_max_frames=10_000)
-    buffer.session_max_bytes = 2_000
+    buffer = WriteBuffer(
+        10_000, 1 << 30, flush_frames=100, session_max_frames=10_000, session_max_bytes=2_000
+    )
     fill(buffer, A, 1)
     size = len(pending(A, 1).text)
     fill(buffer, A, 2_000 // size - 1, first=2)
