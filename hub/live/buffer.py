@@ -80,6 +80,26 @@ class WriteBuffer:
         queue = self._queues.get(session_id)
         return len(queue.frames) if queue is not None else 0
 
+    def session_bytes(self, session_id: uuid.UUID) -> int:
+        queue = self._queues.get(session_id)
+        return queue.bytes if queue is not None else 0
+
+    # Its books, to read (the tests check them against the queues) -------------------------
+
+    @property
+    def ready(self) -> int:
+        """Frames a batch could take now (of sessions without one in flight, not paced)."""
+        return self._ready
+
+    @property
+    def ready_signalled(self) -> bool:
+        """The flusher has been told frames are ready (true exactly when `ready` > 0)."""
+        return self._has_ready.is_set()
+
+    def queues(self) -> list[SessionQueue]:
+        """The sessions' queues now, to read."""
+        return list(self._queues.values())
+
     def fits(self, session_id: uuid.UUID, frames: int, size: int) -> bool:
         # An empty buffer (or queue) takes any single message, so one message larger than a
         # byte bound cannot wedge its mirror forever (messages are capped at the WS size limit).

@@ -125,6 +125,11 @@ class Cluster:
                 await self.backplane.subscribe(channel)
                 self._subscribed.add(channel)
 
+    @property
+    def subscribing(self) -> bool:
+        """A subscribe or unsubscribe is under way (they run one at a time, in order)."""
+        return self._subscriptions.locked()
+
     async def unsubscribe_except(self, keep: Callable[[uuid.UUID], bool]) -> None:
         """Leave the channels of sessions this node no longer holds."""
         async with self._subscriptions:

@@ -17,9 +17,9 @@ from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
 from hub.live.buffer import WriteBuffer
 from hub.live.cluster import Cluster
 from hub.live.gaps import GapFiller
+from hub.live.limits import Limits
 from hub.live.peers import Peers
 from hub.live.registry import Registry, SessionUnavailable
-from hub.live.rooms import Limits
 from hub.live.session import LiveSession, MirrorLink
 from hub.storage.live_store import LiveStore, MirrorClaim, PendingFrame, StorageUnavailable
 

@@ -30,9 +30,9 @@ from hub.live.cluster import Cluster
 from hub.live.flusher import Flusher
 from hub.live.gaps import GapFiller
 from hub.live.intake import NO_TASKS, Intake
+from hub.live.limits import Limits
 from hub.live.peers import Peers
 from hub.live.registry import Registry, SessionUnavailable
-from hub.live.rooms import Limits
 from hub.live.sendqueue import Watcher
 from hub.live.session import LiveSession, MirrorLink
 from hub.schemas import LiveStats
@@ -259,6 +259,13 @@ class LiveHub:
         live = self.sessions.get(session_id)
         if live is not None:
             live.room.add_task_results(str(task_id), values)
+
+    async def wait_stored(self, session_id: uuid.UUID, seq: int) -> None:
+        """Until this node has stored the session's frames up to `seq`. A session not in this
+        node's memory has nothing buffered here (it leaves memory only once stored): at once."""
+        live = self.sessions.get(session_id)
+        if live is not None:
+            await live.wait_stored(seq)
 
     async def stored_frames(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import orjson
 
-from hub.live.rooms import Limits, Room
+from hub.live.limits import Limits
+from hub.live.rooms import Room
 from hub.live.session import LiveSession
 from hub.settings import Settings
 from hub.storage.live_store import LiveStore

@@ -27,25 +27,13 @@ from hub.frames import (
     decode_client_message,
     encode,
 )
+from hub.live.limits import METRIC_BYTES, TASK_BYTES, Limits, refusal
 from hub.live.sendqueue import Watcher
+
+__all__ = ["DEFAULT_REPLAY_BYTES", "RemotePresence", "Room", "Watcher"]
 
 # The default byte bound of the replay log, for callers (tests) that give only the frames.
 DEFAULT_REPLAY_BYTES = 1 << 20
-# What a snapshot spends on a task besides its metrics (id, status, times, JSON syntax), and
-# on one metric entry besides its name (quotes, colon, the longest number, a comma). The
-# state's size is counted with these, so it stays an upper bound of the snapshot's.
-TASK_BYTES = 256
-METRIC_BYTES = 28
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one session may hold in memory (and so in its snapshot and its tasks rows)."""
-
-    tasks: int = 500  # distinct task ids
-    task_metrics: int = 256  # distinct result-metric names of one task
-    session_metrics: int = 1_000  # distinct metric names over the session's values and tasks
-    state_bytes: int = 1 << 20  # the snapshot's tasks and latest values, in bytes
 
 
 @dataclasses.dataclass
@@ -191,64 +179,7 @@ class Room:
         """Why `frame` would take this session past `limits`, or None: it fits. Checked where
         the mirror's frames are accepted (before `offer`), so a frame over a limit is never
         stored or published; other nodes' rooms take what that node accepted."""
-        if isinstance(frame, MetricsFrame):
-            if frame.values.keys() <= self.latest.keys():
-                return None  # the usual frame: new values of names the session has
-            return self._metrics_refusal(frame.seq, self.latest, frame.values, 0, limits)
-        task = self.tasks.get(str(frame.task_id))
-        if task is None:
-            if len(self.tasks) >= limits.tasks:
-                return ProtocolError(
-                    "too_many_tasks",
-                    f"task {frame.task_id} would be this session's task number"
-                    f" {len(self.tasks) + 1}; the limit is {limits.tasks}",
-                    frame.seq,
-                    frame.seq,  # refused: the hub still expects this seq
-                )
-            return self._metrics_refusal(
-                frame.seq, {}, frame.metrics, TASK_BYTES + len(frame.task_name), limits
-            )
-        return self._metrics_refusal(frame.seq, task["metrics"], frame.metrics, 0, limits)
-
-    def _metrics_refusal(
-        self,
-        seq: int,
-        current: dict[str, float],
-        values: dict[str, float],
-        extra_bytes: int,
-        limits: Limits,
-    ) -> ProtocolError | None:
-        new = [name for name in values if name not in current]
-        if not new and not extra_bytes:
-            return None  # the usual frame: new values of names the session has
-        is_task = current is not self.latest
-        if is_task and len(current) + len(new) > limits.task_metrics:
-            return ProtocolError(
-                "too_many_metric_names",
-                f"this frame would give its task {len(current) + len(new)} metric names;"
-                f" the limit is {limits.task_metrics} per task",
-                seq,
-                seq,
-            )
-        unseen = sum(1 for name in new if name not in self.metric_names)
-        if len(self.metric_names) + unseen > limits.session_metrics:
-            return ProtocolError(
-                "too_many_metric_names",
-                f"this frame would give the session {len(self.metric_names) + unseen} metric"
-                f" names; the limit is {limits.session_metrics} per session",
-                seq,
-                seq,
-            )
-        grown = extra_bytes + sum(METRIC_BYTES + len(name) for name in new)
-        if grown and self.state_bytes + grown > limits.state_bytes:
-            return ProtocolError(
-                "session_state_too_large",
-                f"this frame would grow the session's state (its snapshot) to about"
-                f" {self.state_bytes + grown} bytes; the limit is {limits.state_bytes}",
-                seq,
-                seq,
-            )
-        return None
+        return refusal(frame, limits, self.latest, self.tasks, self.metric_names, self.state_bytes)
 
     def trim(self, stored_seq: int) -> None:
         log = self.log

@@ -104,10 +104,8 @@ class LiveSession:
     def __init__(self, session_id: uuid.UUID, last_seq: int, ended: bool, room: Room) -> None:
         self.id = session_id
         self._state = ENDED if ended else LIVE
-        # Highest seq accepted into the buffer (== stored after a restart: loaded from storage).
-        self.last_accepted = last_seq
-        # Highest seq committed to PostgreSQL; acks never pass it.
-        self.stored_seq = last_seq
+        self._last_accepted = last_seq  # see `last_accepted`
+        self._stored_seq = last_seq  # see `stored_seq`
         self.room = room
         self._mirror: MirrorLink | None = None
         self._mirror_since = 0.0  # when the local mirror connected (database clock); 0: none
@@ -189,7 +187,7 @@ class LiveSession:
     @property
     def idle(self) -> bool:
         """No connection uses it and everything it accepted is stored: it may leave memory."""
-        return self._pins == 0 and self.stored_seq == self.last_accepted
+        return self._pins == 0 and self._stored_seq == self._last_accepted
 
     def drop(self) -> None:
         """Out of memory while connections may still hold it: they are turned away."""
@@ -204,9 +202,20 @@ class LiveSession:
 
     # The seq rules -----------------------------------------------------------------------
 
+    @property
+    def last_accepted(self) -> int:
+        """Highest seq accepted into the buffer (== stored after a restart: loaded from
+        storage). Changed by `accepted`, `adopt_stored` and `on_stored`."""
+        return self._last_accepted
+
+    @property
+    def stored_seq(self) -> int:
+        """Highest seq committed to PostgreSQL; acks never pass it."""
+        return self._stored_seq
+
     def check_seq(self, seq: int) -> None:
         """Raise unless `seq` is the next one. Repeats are never stored or broadcast twice."""
-        expected = self.last_accepted + 1
+        expected = self._last_accepted + 1
         if seq == expected:
             return
         if seq < expected:
@@ -222,7 +231,7 @@ class LiveSession:
 
     def accepted(self, seq: int) -> None:
         """Frame `seq` (checked with `check_seq`) is in the write buffer."""
-        self.last_accepted = seq
+        self._last_accepted = seq
 
     # The mirror --------------------------------------------------------------------------
 
@@ -250,7 +259,7 @@ class LiveSession:
             self._mirror.outbox.close(closecodes.REPLACED)
         self._mirror = link
         self._mirror_since = since
-        link.ack(self.stored_seq)  # everything stored so far: the writer starts after it
+        link.ack(self._stored_seq)  # everything stored so far: the writer starts after it
         self.broadcast_presence()
 
     def detach_mirror(self, link: MirrorLink) -> bool:
@@ -311,21 +320,21 @@ class LiveSession:
     def adopt_stored(self, stored_seq: int) -> None:
         """Storage holds frames up to `stored_seq`, perhaps stored by another node's mirror
         connection: a mirror connecting here continues after them."""
-        if stored_seq > self.last_accepted:
-            self.last_accepted = stored_seq
+        if stored_seq > self._last_accepted:
+            self._last_accepted = stored_seq
         self.on_stored(stored_seq)
 
     def on_stored(self, seq: int) -> None:
-        if seq > self.stored_seq:
-            self.stored_seq = seq
+        if seq > self._stored_seq:
+            self._stored_seq = seq
             # Storage has every frame up to `seq`: the next one accepted comes after it.
-            self.last_accepted = max(self.last_accepted, seq)
+            self._last_accepted = max(self._last_accepted, seq)
             if self._mirror is not None:
                 self._mirror.ack(seq)
             self.room.trim(seq)
             self._stored_changed.set()
 
     async def wait_stored(self, seq: int) -> None:
-        while self.stored_seq < seq:
+        while self._stored_seq < seq:
             self._stored_changed.clear()
             await self._stored_changed.wait()

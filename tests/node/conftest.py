@@ -18,7 +18,7 @@ from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.settings import Settings
 from hub.storage.frames import asyncpg_dsn
 from tests.support.live import Proxy, pg_proxy
-from tests.support.nodes import GatedStore, Node, StartBehindProxy, StartNode
+from tests.support.nodes import DrivenBackplane, GatedStore, Node, StartBehindProxy, StartNode
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def start_node(
         node = Node(
             dataclasses.replace(settings, **values),
             database_url,
-            backplane or MemoryBackplane(broker),
+            backplane or DrivenBackplane(broker),
             await GatedStore.connect(asyncpg_dsn(database_url)),
         )
         await node.start()
@@ -79,7 +79,7 @@ async def node_behind_proxy(
         node = Node(
             dataclasses.replace(settings, **values),
             dsn(),
-            MemoryBackplane(backplane.broker),
+            DrivenBackplane(backplane.broker),
             await GatedStore.connect(asyncpg_dsn(dsn())),
         )
         await node.start()
@@ -88,7 +88,7 @@ async def node_behind_proxy(
 
     yield start
     for node, proxy in started:
-        if proxy._server is None:
+        if not proxy.running:
             await proxy.start()  # storage back, so the node can shut down cleanly
         with contextlib.suppress(Exception):
             await node.shutdown()

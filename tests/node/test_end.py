@@ -11,7 +11,7 @@ called by hand (the timer is set to a minute) so that nothing depends on timing;
 backplane is modelled by taking the receiving node's subscription away (a publisher-side
 drop, which the receiver never hears of) and, where the transport would say so, by the reset
 it then reports. Where an interleaving needs a slow storage read, the real read is wrapped so
-that it waits for an event (`Node.fill_gate`); a node's storage outage is a TCP proxy in
+that it waits for an event (`GatedStore.hold_reads`); a node's storage outage is a TCP proxy in
 front of PostgreSQL that is stopped.
 """
 
@@ -34,7 +34,9 @@ from tests.support.nodes import (
     StartNode,
     backplane_loss,
     closed,
+    driven,
     frame,
+    gated,
     heartbeats,
     kinds,
     seqs,
@@ -59,18 +61,17 @@ async def test_end_on_a_node_whose_room_is_behind_waits_for_the_missing_frames(
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
         watcher = watch(node_b, live_b)
-        node_b.fill_gate = asyncio.Event()  # B's storage reads are slow for now
+        gated(node_b).hold_reads()  # B's storage reads are slow for now
         await stream_then_leave(node_a, session_id, [frame(1, width=40)])  # then to B
         await settle()
         async with asyncio.timeout(WAIT):
-            await node_b.fill_reading.wait()
+            await gated(node_b).reading.wait()
         link_b = await node_b.attach_mirror(live_b)
         assert link_b.acked == 1  # what storage holds: the device resends nothing
         assert node_b.accept(live_b, [frame(s) for s in range(2, 5)]) is None
         await live_b.wait_stored(4)
         await node_b.end(live_b, 4)
-        gate, node_b.fill_gate = node_b.fill_gate, None
-        gate.set()
+        gated(node_b).release_reads()
         if node_b.gaps.filling(live_b) is not None:
             async with asyncio.timeout(WAIT):
                 await node_b.gaps.filling(live_b)
@@ -107,8 +108,8 @@ async def test_end_lost_on_the_backplane_is_found_in_storage(
                 await settle()
         # B's subscriber is back: the backplane reports the reset on both nodes (a Redis
         # restart resets every node), then heartbeats go on as usual.
-        node_b.cluster._on_reset()
-        node_a.cluster._on_reset()
+        driven(node_b).reset()
+        driven(node_a).reset()
         await settle()
         await heartbeats(node_a, node_b)
         # After the reset B asks storage, finds the lost frames and the end: its watcher
@@ -186,13 +187,13 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
         before = watch(node_b, live_b)
-        node_b.fill_gate = asyncio.Event()
+        gated(node_b).hold_reads()
         await stream_then_leave(
             node_a, session_id, [frame(1, width=40), frame(2), frame(3)], end=True
         )
         await settle()
         async with asyncio.timeout(WAIT):
-            await node_b.fill_reading.wait()
+            await gated(node_b).reading.wait()
         assert (
             live_b.ended
             and live_b.pending_end is not None
@@ -202,8 +203,7 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
         resumed = Watcher(1000, 0)
         node_b.join(live_b, resumed)
         assert not (live_b.ended and live_b.pending_end is None)  # watch_ws: not ended at join
-        gate, node_b.fill_gate = node_b.fill_gate, None
-        gate.set()
+        gated(node_b).release_reads()
         for watcher in (before, resumed):
             await wait_until(watcher, functools.partial(closed, watcher))
             assert seqs(watcher) == [1, 2, 3]
@@ -227,17 +227,16 @@ async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
         watcher = watch(node_b, live_b)
-        node_b.fill_gate = asyncio.Event()
+        gated(node_b).hold_reads()
         await stream_then_leave(
             node_a, session_id, [frame(1, width=40), frame(2), frame(3)], end=True
         )
         await settle()
         async with asyncio.timeout(WAIT):
-            await node_b.fill_reading.wait()
+            await gated(node_b).reading.wait()
         assert live_b.pending_end is not None and live_b.pending_end[0] == 3
         await proxy.stop()  # B's storage is gone: the filler cannot read frame 1
-        gate, node_b.fill_gate = node_b.fill_gate, None
-        gate.set()
+        gated(node_b).release_reads()
         await wait_until(watcher, functools.partial(closed, watcher))
         assert watcher.outbox.close_code == closecodes.RESYNC
         assert seqs(watcher) == [] and "ended" not in kinds(watcher)

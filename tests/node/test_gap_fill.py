@@ -11,7 +11,7 @@ called by hand (the timer is set to a minute) so that nothing depends on timing;
 backplane is modelled by taking the receiving node's subscription away (a publisher-side
 drop, which the receiver never hears of) and, where the transport would say so, by the reset
 it then reports. Where an interleaving needs a slow storage read, the real read is wrapped so
-that it waits for an event (`Node.fill_gate`); a node's storage outage is a TCP proxy in
+that it waits for an event (`GatedStore.hold_reads`); a node's storage outage is a TCP proxy in
 front of PostgreSQL that is stopped.
 """
 
@@ -37,6 +37,7 @@ from tests.support.nodes import (
     backplane_loss,
     closed,
     frame,
+    gated,
     heartbeats,
     seqs,
     settle,
@@ -151,7 +152,7 @@ async def test_unreadable_frame_with_the_mirror_here_does_not_loop_on_4009(
     async with node_b.use(session_id) as live_b:
         assert live_b is not None
         first = watch(node_b, live_b)
-        node_b.fill_gate = asyncio.Event()  # B's storage reads are slow for now
+        gated(node_b).hold_reads()  # B's storage reads are slow for now
         async with node_a.use(session_id) as live_a:
             assert live_a is not None
             link_a = await node_a.attach_mirror(live_a)
@@ -160,13 +161,12 @@ async def test_unreadable_frame_with_the_mirror_here_does_not_loop_on_4009(
             node_a.detach_mirror(live_a, link_a)  # the device moves to B
         await settle()
         async with asyncio.timeout(WAIT):
-            await node_b.fill_reading.wait()
+            await gated(node_b).reading.wait()
         link_b = await node_b.attach_mirror(live_b)
         try:
             assert link_b.acked == 1
             assert node_b.accept(live_b, [frame(2), frame(3)]) is None
-            gate, node_b.fill_gate = node_b.fill_gate, None
-            gate.set()
+            gated(node_b).release_reads()
             await wait_until(first, lambda: closed(first) or 3 in seqs(first))
             watcher = first
             if closed(first):  # 4009 once is fine (the design): the watcher resumes

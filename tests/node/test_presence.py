@@ -8,7 +8,7 @@ called by hand (the timer is set to a minute) so that nothing depends on timing;
 backplane is modelled by taking the receiving node's subscription away (a publisher-side
 drop, which the receiver never hears of) and, where the transport would say so, by the reset
 it then reports. Where an interleaving needs a slow storage read, the real read is wrapped so
-that it waits for an event (`Node.fill_gate`); a node's storage outage is a TCP proxy in
+that it waits for an event (`GatedStore.hold_reads`); a node's storage outage is a TCP proxy in
 front of PostgreSQL that is stopped.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from hub.live.backplane.memory import MemoryBackplane
 from hub.live.backplane.postgres import PostgresBackplane
 from hub.live.node import LiveHub
-from hub.live.rooms import RemotePresence, Room
+from hub.live.rooms import Room
 from hub.live.session import LiveSession
 from hub.settings import Settings
 from hub.storage.frames import asyncpg_dsn
@@ -46,7 +46,7 @@ async def test_heartbeat_unsubscribe_racing_a_load_keeps_the_subscription(
     assert session_id not in node_b.sessions  # evicted; still subscribed
     sweep = asyncio.create_task(node_b.peers.heartbeat())
     await asyncio.sleep(0)  # the sweep takes the lock and awaits UNLISTEN
-    assert node_b.cluster._subscriptions.locked()
+    assert node_b.cluster.subscribing
     async with node_b.use(session_id) as live_b, node_a.use(session_id) as live_a:
         assert live_b is not None and live_a is not None
         await sweep
@@ -72,7 +72,7 @@ def live_hub_with_remote_mirror(backplane: MemoryBackplane) -> tuple[LiveHub, Ro
     room, _ = make_room()
     live = LiveSession(uuid.uuid4(), 0, False, room)
     hub.sessions.add(live)
-    room.remote["other"] = RemotePresence(watchers=1, mirror_since=5.0, heard_at=0.0)
+    room.hear("other", watchers=1, mirror_since=5.0, heard_at=0.0)
     return hub, room
 
 

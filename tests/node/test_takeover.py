@@ -11,7 +11,7 @@ called by hand (the timer is set to a minute) so that nothing depends on timing;
 backplane is modelled by taking the receiving node's subscription away (a publisher-side
 drop, which the receiver never hears of) and, where the transport would say so, by the reset
 it then reports. Where an interleaving needs a slow storage read, the real read is wrapped so
-that it waits for an event (`Node.fill_gate`); a node's storage outage is a TCP proxy in
+that it waits for an event (`GatedStore.hold_reads`); a node's storage outage is a TCP proxy in
 front of PostgreSQL that is stopped.
 """
 
@@ -36,6 +36,7 @@ from tests.support.nodes import (
     frame,
     mirror_left_a_and_b_lost_storage,
     settle,
+    wait_stored,
 )
 
 
@@ -91,7 +92,7 @@ async def test_storage_down_attach_never_acks_frames_storage_did_not_keep(
             error = node_b.accept(live_b, restarted[welcome_last_seq - 3 :])
             await proxy.start()  # PostgreSQL is back: B's flusher stores what it buffered
             if error is None and welcome_last_seq < 6:
-                await node_b.wait_committed(session_id, 6)
+                await wait_stored(node_b, session_id, 6)
             conn = await asyncpg.connect(asyncpg_dsn(database_url))
             try:
                 rows = await conn.fetch(
@@ -146,6 +147,6 @@ async def test_mirror_pinned_before_a_resync_reconnects_and_is_acked(
         assert fresh is not None and fresh is not live_b
         link = await node_b.attach_mirror(fresh)
         assert node_b.accept(fresh, [frame(s) for s in range(1, 6)]) is None  # resent, new
-        await node_b.wait_committed(session_id, 5)
+        await wait_stored(node_b, session_id, 5)
         await settle()
         assert link.acked == 5, f"frames 1..5 are stored but the mirror was acked {link.acked}"

@@ -155,6 +155,10 @@ class Proxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

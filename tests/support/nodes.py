@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,78 +15,91 @@ import asyncpg
 import orjson
 
 from hub.frames import MetricsFrame, encode
-from hub.live.backplane.base import Backplane
-from hub.live.backplane.memory import MemoryBackplane
+from hub.live.backplane.base import OnMessage, OnReset
+from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.buffer import PendingFrame
 from hub.live.cluster import channel_of
 from hub.live.node import LiveHub
 from hub.live.rooms import Room, Watcher
 from hub.live.session import LiveSession
-from hub.settings import Settings
 from hub.storage.live_store import LiveStore
 from tests.support.live import Proxy
 
 WAIT = 10.0  # the longest any awaited event may take before a test fails
 
 
+class DrivenBackplane(MemoryBackplane):
+    """The in-process backplane, which a test can also drive: `deliver` hands a message to
+    its node now (as the transport's delivery would), `reset` reports a reconnect (as after
+    a Redis restart)."""
+
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
+        super().__init__(broker)
+        self._deliver: OnMessage | None = None
+        self._reset: OnReset | None = None
+
+    async def start(self, on_message: OnMessage, on_reset: OnReset) -> None:
+        await super().start(on_message, on_reset)
+        self._deliver, self._reset = on_message, on_reset
+
+    def deliver(self, channel: str, message: str) -> None:
+        assert self._deliver is not None, "start first"
+        self._deliver(channel, message)
+
+    def reset(self) -> None:
+        assert self._reset is not None, "start first"
+        self._reset()
+
+
+def driven(node: LiveHub) -> DrivenBackplane:
+    backplane = node.cluster.backplane
+    assert isinstance(backplane, DrivenBackplane)
+    return backplane
+
+
 class GatedStore(LiveStore):
-    """The live store, whose frame reads can be held: when `gate` is set, the next read
-    waits for it (a slow read: the pool is busy, or the query is); `reading` says one is
-    waiting."""
+    """The live store, whose frame reads can be held: after `hold_reads`, every read waits
+    until `release_reads` (a slow read: the pool is busy, or the query is); `reading` is set
+    once a read has waited."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
-        self.gate: asyncio.Event | None = None
+        self._gate: asyncio.Event | None = None
         self.reading = asyncio.Event()
+
+    def hold_reads(self) -> None:
+        self._gate = asyncio.Event()
+
+    def release_reads(self) -> None:
+        gate, self._gate = self._gate, None
+        assert gate is not None, "release_reads without hold_reads"
+        gate.set()
 
     async def frames_between(
         self, session_id: uuid.UUID, after: int, upto: int, page: int = 1000
     ) -> list[tuple[int, str]]:
-        gate = self.gate
+        gate = self._gate
         if gate is not None:
             self.reading.set()
             await gate.wait()
         return await super().frames_between(session_id, after, upto, page)
 
 
-class Node(LiveHub):
-    """A LiveHub on a GatedStore that also tells the test what its flusher committed."""
+# The nodes of these tests are plain LiveHubs; their storage is a GatedStore (`gated`).
+Node = LiveHub
 
-    def __init__(
-        self, settings: Settings, database_url: str, backplane: Backplane, store: GatedStore
-    ) -> None:
-        super().__init__(settings, database_url, backplane, store)
-        self.gated = store
-        self.committed_upto: dict[uuid.UUID, int] = {}
-        self._commit = asyncio.Condition()
 
-    # The gap filler's (and catch-up's) storage reads wait for this event while it is set.
-    @property
-    def fill_gate(self) -> asyncio.Event | None:
-        return self.gated.gate
+def gated(node: Node) -> GatedStore:
+    """The node's storage, whose reads the test can hold."""
+    store = node.store
+    assert isinstance(store, GatedStore)
+    return store
 
-    @fill_gate.setter
-    def fill_gate(self, gate: asyncio.Event | None) -> None:
-        self.gated.gate = gate
 
-    @property
-    def fill_reading(self) -> asyncio.Event:
-        return self.gated.reading
-
-    def _committed(self, batch: Sequence[PendingFrame]) -> None:
-        super()._committed(batch)
-        for frame in batch:
-            seen = self.committed_upto.get(frame.session_id, 0)
-            self.committed_upto[frame.session_id] = max(seen, frame.seq)
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._commit:
-            self._commit.notify_all()
-
-    async def wait_committed(self, session_id: uuid.UUID, seq: int) -> None:
-        async with asyncio.timeout(WAIT), self._commit:
-            await self._commit.wait_for(lambda: self.committed_upto.get(session_id, 0) >= seq)
+async def wait_stored(node: Node, session_id: uuid.UUID, seq: int) -> None:
+    """Until `node` has stored the session's frames up to `seq` (bounded)."""
+    async with asyncio.timeout(WAIT):
+        await node.wait_stored(session_id, seq)
 
 
 StartNode = Callable[..., Awaitable[Node]]
@@ -228,7 +241,7 @@ def frame_text(seq: int) -> str:
 def make_room(seq: int = 0, max_pending: int = 100) -> tuple[Room, Watcher]:
     room = Room({"id": "s"}, [], replay_frames=10, seq=seq, max_pending=max_pending)
     watcher = Watcher(bound=1000, since=None)
-    room.watchers.add(watcher)
+    room.add_watcher(watcher)
     return room, watcher
 
 

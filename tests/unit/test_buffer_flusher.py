@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hub.frames import MetricsFrame
 from hub.live.buffer import BACKLOG_BATCHES, PendingFrame, WriteBuffer
 from hub.live.flusher import Flusher
-from hub.live.rooms import Limits, Room
+from hub.live.limits import Limits
+from hub.live.rooms import Room
 from hub.live.sendqueue import SendQueue
 from hub.storage.frames import asyncpg_dsn
 from hub.storage.live_store import LiveStore
@@ -124,13 +125,14 @@ async def test_one_sessions_backlog_pauses_only_that_session() -> None:
 
 
 async def test_the_per_session_bound_counts_bytes() -> None:
-    buffer = WriteBuffer(10_000, 1 << 30, flush_frames=100, session_max_frames=10_000)
-    buffer.session_max_bytes = 2_000
+    buffer = WriteBuffer(
+        10_000, 1 << 30, flush_frames=100, session_max_frames=10_000, session_max_bytes=2_000
+    )
     fill(buffer, A, 1)
     size = len(pending(A, 1).text)
     fill(buffer, A, 2_000 // size - 1, first=2)
-    assert buffer.fits(A, 1, 2_000 - buffer._queues[A].bytes)
-    assert not buffer.fits(A, 1, 2_000 - buffer._queues[A].bytes + 1)
+    assert buffer.fits(A, 1, 2_000 - buffer.session_bytes(A))
+    assert not buffer.fits(A, 1, 2_000 - buffer.session_bytes(A) + 1)
     assert buffer.fits(B, 1, 60_000)  # an empty queue takes any one message
     assert not buffer.fits(A, 1, 60_000)
 
@@ -156,8 +158,9 @@ async def test_the_buffers_books_stay_right_whatever_the_order_of_events() -> No
         action = rng.random()
         if action < 0.5:
             session_id = rng.choice(sessions)
-            fill(buffer, session_id, rng.randint(1, 30), first=next_seq[session_id])
-            next_seq[session_id] = buffer._queues[session_id].frames[-1].seq + 1
+            count = rng.randint(1, 30)
+            fill(buffer, session_id, count, first=next_seq[session_id])
+            next_seq[session_id] += count
         elif action < 0.7:
             if batch := buffer.take():
                 in_flight.append(batch)
@@ -176,16 +179,16 @@ async def test_the_buffers_books_stay_right_whatever_the_order_of_events() -> No
             buffer.abandon(in_flight.pop(rng.randrange(len(in_flight))))
         else:
             await asyncio.sleep(0.002)  # paced sessions come back
-        queues = buffer._queues.values()
-        assert buffer._ready == sum(q.waiting for q in queues)
+        queues = buffer.queues()
+        assert buffer.ready == sum(q.waiting for q in queues)
         assert len(buffer) == sum(len(q.frames) for q in queues)
-        assert buffer._has_ready.is_set() == (buffer._ready > 0)
+        assert buffer.ready_signalled == (buffer.ready > 0)
     for batch in in_flight:
         await buffer.release(batch)
     buffer.unpace()
     while batch := buffer.take():
         await buffer.release(batch)
-    assert len(buffer) == 0 and buffer._ready == 0
+    assert len(buffer) == 0 and buffer.ready == 0
 
 
 # --- bytes in memory ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hub.frames import MetricsFrame, ProtocolError, encode
 from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
 from hub.live.cluster import Cluster, PresenceNote, channel_of, session_of
 from hub.live.rooms import Room
-from tests.support.nodes import frame_text
+from tests.support.nodes import DrivenBackplane, frame_text
 
 
 def test_channel_names_round_trip() -> None:
@@ -131,8 +131,8 @@ async def test_unsubscribe_except_keeps_only_what_is_held(
 
 
 async def test_exceptions_from_a_listener_stay_in_the_cluster_callback() -> None:
-    """Whatever a handler raises stays in `Cluster._on_message`: the backplane's delivery
-    loop goes on."""
+    """Whatever a handler raises stays in the cluster's delivery callback: the backplane's
+    delivery loop goes on."""
     room = Room({"id": "s"}, [], replay_frames=10, seq=0, max_pending=100)
 
     class Listener:
@@ -144,7 +144,8 @@ async def test_exceptions_from_a_listener_stay_in_the_cluster_callback() -> None
         def on_remote_erased(self, *args: Any) -> None: ...
         def on_backplane_reset(self) -> None: ...
 
-    cluster = Cluster(MemoryBackplane(), heartbeat_s=60)
+    backplane = DrivenBackplane()
+    cluster = Cluster(backplane, heartbeat_s=60)
 
     async def noop() -> None:
         return None
@@ -152,8 +153,8 @@ async def test_exceptions_from_a_listener_stay_in_the_cluster_callback() -> None
     await cluster.start(Listener(), lambda: None, noop)
     try:
         bad = orjson.dumps({"type": "metrics", "seq": 1, "ts": 1.0, "values": {}, "x": 1})
-        cluster._on_message(channel_of(uuid.uuid4()), f"f othernode 1 {bad.decode()}")
+        backplane.deliver(channel_of(uuid.uuid4()), f"f othernode 1 {bad.decode()}")
     except ProtocolError:
-        pytest.fail("a listener exception escaped Cluster._on_message")
+        pytest.fail("a listener exception escaped the cluster's delivery callback")
     finally:
         await cluster.stop()

@@ -9,7 +9,7 @@ import time
 import orjson
 
 from hub.frames import encode
-from hub.live.rooms import RemotePresence, Room, Watcher
+from hub.live.rooms import Room, Watcher
 from tests.support.nodes import (
     delivered,
     frame,
@@ -76,8 +76,8 @@ def test_stale_pending_entries_are_dropped_once_passed() -> None:
 def test_presence_sums_the_nodes() -> None:
     room, _ = make_room()
     assert room.presence().watchers == 1 and room.presence().mirror == "disconnected"
-    room.remote["b"] = RemotePresence(watchers=2, mirror_since=0.0, heard_at=time.monotonic())
-    room.remote["c"] = RemotePresence(watchers=0, mirror_since=5.0, heard_at=time.monotonic())
+    room.hear("b", watchers=2, mirror_since=0.0, heard_at=time.monotonic())
+    room.hear("c", watchers=0, mirror_since=5.0, heard_at=time.monotonic())
     presence = room.presence(joining=1)
     assert (presence.watchers, presence.mirror) == (4, "connected")
 
@@ -88,7 +88,7 @@ def test_a_frame_that_fails_to_decode_is_passed_on_as_it_is() -> None:
     snapshot's state misses what it says. No gap, no stall."""
     room = Room({"id": "s"}, [], replay_frames=10, seq=0, max_pending=100)
     watcher = Watcher(1000, None)
-    room.watchers.add(watcher)
+    room.add_watcher(watcher)
     newer = orjson.dumps(
         {"type": "metrics", "seq": 2, "ts": 1.0, "values": {"a": 1.0}, "quality": 0.9}
     ).decode()
