@@ -204,10 +204,11 @@ class Settings:
     http_max_header_bytes: int = 65_536
     http_header_timeout_s: int = 10
     http_body_timeout_s: int = 30
-    # The HTTP API's bound on connecting to PostgreSQL and on each statement: past it the
-    # request answers 503 database_unavailable and nothing is changed. It must stay above
-    # the slowest statement, the erasure of a long session (3-4 s for a 3-hour one; see
-    # benchmarks/erase_bench.py).
+    # The bound on connecting to PostgreSQL and on each statement, for the HTTP API (past it
+    # the request answers 503 database_unavailable and nothing is changed) and for the live
+    # path's storage (past it the batch is retried on a fresh connection). It must stay
+    # above the slowest statement, the erasure of a long session (3-4 s for a 3-hour one;
+    # see benchmarks/erase_bench.py).
     db_statement_timeout_s: int = 30
     max_watchers_per_session: int = 32
     # What connects hub nodes (workers, machines): "memory" (one process), "postgres"

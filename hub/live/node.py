@@ -122,7 +122,9 @@ class LiveHub:
 
     async def start(self) -> None:
         if self._store is None:
-            self._store = await LiveStore.connect(self.dsn)
+            self._store = await LiveStore.connect(
+                self.dsn, statement_timeout_s=self.settings.db_statement_timeout_s
+            )
         self.flusher = Flusher(
             self.buffer,
             self._store,

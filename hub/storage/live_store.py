@@ -70,9 +70,21 @@ class LiveStore:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str) -> LiveStore:
-        # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
-        return cls(await asyncpg.create_pool(dsn, min_size=0, max_size=6))
+    async def connect(cls, dsn: str, *, statement_timeout_s: float) -> LiveStore:
+        """A store on a new pool. `statement_timeout_s` bounds each connect and each statement
+        on the client side: a database that stops answering (a partition, a stalled disk)
+        raises StorageUnavailable instead of holding the flusher for ever, and the stuck
+        connection is dropped once its cancellation times out too (asyncpg bounds that by the
+        same timeout), so the next attempt gets a fresh one."""
+        pool = await asyncpg.create_pool(
+            dsn,
+            # min_size=0: no background reconnect loop filling the log while PostgreSQL is down.
+            min_size=0,
+            max_size=6,
+            timeout=statement_timeout_s,
+            command_timeout=statement_timeout_s,
+        )
+        return cls(pool)
 
     async def close(self) -> None:
         await self._pool.close()

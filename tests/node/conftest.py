@@ -30,11 +30,15 @@ async def start_node(
 
     async def start(backplane: Backplane | None = None, **overrides: Any) -> Node:
         values: dict[str, Any] = {"backplane_heartbeat_ms": 60_000, **overrides}
+        node_settings = dataclasses.replace(settings, **values)
         node = Node(
-            dataclasses.replace(settings, **values),
+            node_settings,
             database_url,
             backplane or DrivenBackplane(broker),
-            await GatedStore.connect(asyncpg_dsn(database_url)),
+            await GatedStore.connect(
+                asyncpg_dsn(database_url),
+                statement_timeout_s=node_settings.db_statement_timeout_s,
+            ),
         )
         await node.start()
         started.append(node)
@@ -76,11 +80,14 @@ async def node_behind_proxy(
         backplane = peer.cluster.backplane
         assert isinstance(backplane, MemoryBackplane)
         values: dict[str, Any] = {"backplane_heartbeat_ms": 60_000, **overrides}
+        node_settings = dataclasses.replace(settings, **values)
         node = Node(
-            dataclasses.replace(settings, **values),
+            node_settings,
             dsn(),
             DrivenBackplane(backplane.broker),
-            await GatedStore.connect(asyncpg_dsn(dsn())),
+            await GatedStore.connect(
+                asyncpg_dsn(dsn()), statement_timeout_s=node_settings.db_statement_timeout_s
+            ),
         )
         await node.start()
         started.append((node, proxy))

@@ -16,6 +16,8 @@ from hub.storage.embedded.files import CONTROL_FILE, SERVE_FILE, USERS_FILE, ope
 
 @contextlib.contextmanager
 def control_lock(data_dir: Path) -> Iterator[None]:
+    """Held around every start and every stop decision, so that a user arriving while the
+    last one leaves either keeps the server or finds it stopped, never half of each."""
     fd = open_lock_file(data_dir / CONTROL_FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
