@@ -59,12 +59,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         announce(tokens, first_admin, settings)
         metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
         engine = make_engine(url, timeout_s=settings.db_statement_timeout_s)
+        reader = make_engine(url, timeout_s=settings.db_statement_timeout_s, autocommit=True)
         live = LiveHub(settings, url)
         await live.start()
         app.state.hub = HubContext(
             settings=settings,
             engine=engine,
             sessionmaker=make_sessionmaker(engine),
+            reader=reader,
             live=live,
             tokens=tokens,
         )
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             restore_signals()
             await live.shutdown()
             await engine.dispose()
+            await reader.dispose()
             metrics.worker_exiting(settings.prometheus_multiproc_dir)
             if embedded is not None:
                 embedded.stop()

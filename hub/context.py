@@ -15,8 +15,9 @@ from hub.settings import Settings
 @dataclasses.dataclass
 class HubContext:
     settings: Settings
-    engine: AsyncEngine
+    engine: AsyncEngine  # writes: a transaction each (through `sessionmaker`)
     sessionmaker: async_sessionmaker[AsyncSession]
+    reader: AsyncEngine  # history reads: autocommit, one round trip per statement
     live: LiveHub
     tokens: TokenService | None  # None: authentication switched off (development only)
 

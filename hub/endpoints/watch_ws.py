@@ -18,7 +18,7 @@ from hub.live.node import LiveHub, SessionUnavailable
 from hub.live.sendqueue import Watcher
 from hub.live.session import LiveSession
 from hub.live.watching import plan_catch_up
-from hub.storage import repository
+from hub.storage import audit_log
 
 log = logging.getLogger("hub.watch")
 
@@ -54,7 +54,7 @@ async def _watch(
         return
     try:  # no unaudited watching: if the trail cannot be written, nobody watches
         async with ctx.sessionmaker() as db:
-            recorded = await repository.record_access(
+            recorded = await audit_log.record_access(
                 db, principal.subject, principal.role, "watch", session_id
             )
     except Exception as exc:
