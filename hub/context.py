@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from hub.auth import TokenService
 from hub.live.node import LiveHub
 from hub.settings import Settings
+from hub.storage.audit_log import AuditLog
 
 
 @dataclasses.dataclass
@@ -19,6 +20,7 @@ class HubContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     reader: AsyncEngine  # history reads: autocommit, one round trip per statement
     live: LiveHub
+    audit: AuditLog  # the audit trail's batched writer
     tokens: TokenService | None  # None: authentication switched off (development only)
 
 

@@ -22,7 +22,9 @@ async def list_audit(request: Request) -> Response:
     before_id = query_int(request, "before_id", 0, 1, 2**62) or None
     raw_session = request.query_params.get("session_id")
     session_id = parse_uuid(raw_session, "session") if raw_session else None
-    async with context(request).reader.connect() as conn:
+    ctx = context(request)
+    await ctx.audit.flush()  # the caller sees every read answered before this one
+    async with ctx.reader.connect() as conn:
         items = await audit_log.list_audit(
             conn, limit=limit, session_id=session_id, before_id=before_id
         )
@@ -44,8 +46,7 @@ async def delete_session(request: Request) -> Response:
     ctx.live.erase(session_id)  # here and, through the backplane, on every node
     # The erasure itself is audited, without naming the session (nothing of it may remain).
     principal: Principal = request.state.principal
-    async with ctx.sessionmaker() as db:
-        await audit_log.record_access(db, principal.subject, principal.role, "erase_session", None)
+    await ctx.audit.record_durably(principal.subject, principal.role, "erase_session", None)
     return json_response(Deleted(deleted=session_id))
 
 
@@ -68,8 +69,10 @@ OPERATIONS = [
                 "`next_before_id` of the previous page",
             ),
         ),
-        errors=(404, 422),
+        errors=(404, 422, 503),
         roles=("admin",),
+        description="Reads answered before this one are in it: the audit trail is written in"
+        " batches, and this read waits for the rows still queued.",
     ),
     Operation(
         "DELETE",

@@ -135,7 +135,7 @@ OPERATIONS = [
             Param("created_after", "query", _TIME, "only sessions created at or after this"),
             Param("created_before", "query", _TIME, "only sessions created before this"),
         ),
-        errors=(422,),
+        errors=(422, 503),
     ),
     Operation(
         "GET",
@@ -146,7 +146,7 @@ OPERATIONS = [
         get_session,
         SessionOut,
         params=(uuid_path("session_id", "session"),),
-        errors=(404,),
+        errors=(404, 503),
         roles=STAFF_AND_MIRROR,
     ),
     Operation(
@@ -181,7 +181,7 @@ OPERATIONS = [
             ),
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_POINTS}),
         ),
-        errors=(404, 422),
+        errors=(404, 422, 503),
         description=(
             "One series from both sources of a session's metrics: the metric frames the mirror "
             "streamed (`seq` set) and the task results recorded with `POST "

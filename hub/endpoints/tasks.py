@@ -146,7 +146,7 @@ OPERATIONS = [
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_TASKS_PAGE}),
             Param("cursor", "query", {"type": "string"}, "`Next-Cursor` of the previous page"),
         ),
-        errors=(404, 422),
+        errors=(404, 422, 503),
         roles=STAFF_AND_MIRROR,
         description="Includes the tasks of a live session as its mirror streams them. Pages of"
         f" `limit` tasks ({TASKS_PAGE} by default): when there are more, the answer has a"
@@ -177,7 +177,7 @@ OPERATIONS = [
         list_metrics,
         list[MetricOut],
         params=(uuid_path("task_id", "task"),),
-        errors=(404,),
+        errors=(404, 503),
         roles=STAFF_AND_MIRROR,
     ),
 ]
