@@ -60,11 +60,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         announce(tokens, first_admin, settings)
         metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
         engine = make_engine(url, timeout_s=settings.db_statement_timeout_s)
-        reader = make_engine(url, timeout_s=settings.db_statement_timeout_s, autocommit=True)
+        autocommit = make_engine(url, timeout_s=settings.db_statement_timeout_s, autocommit=True)
         live = LiveHub(settings, url)
         await live.start()
         audit = AuditLog(
-            reader,
+            autocommit,
             flush_ms=settings.audit_flush_ms,
             batch_rows=settings.audit_batch_rows,
             queue_rows=settings.audit_queue_rows,
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings=settings,
             engine=engine,
             sessionmaker=make_sessionmaker(engine),
-            reader=reader,
+            autocommit=autocommit,
             live=live,
             audit=audit,
             tokens=tokens,
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # After uvicorn has finished every request: each read's row is queued by now.
             await audit.close()
             await engine.dispose()
-            await reader.dispose()
+            await autocommit.dispose()
             metrics.worker_exiting(settings.prometheus_multiproc_dir)
             if embedded is not None:
                 embedded.stop()

@@ -18,7 +18,8 @@ class HubContext:
     settings: Settings
     engine: AsyncEngine  # writes: a transaction each (through `sessionmaker`)
     sessionmaker: async_sessionmaker[AsyncSession]
-    reader: AsyncEngine  # history reads: autocommit, one round trip per statement
+    # History reads and one-statement writes: no BEGIN/COMMIT, one round trip per statement.
+    autocommit: AsyncEngine
     live: LiveHub
     audit: AuditLog  # the audit trail's batched writer
     tokens: TokenService | None  # None: authentication switched off (development only)

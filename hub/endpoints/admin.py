@@ -24,7 +24,7 @@ async def list_audit(request: Request) -> Response:
     session_id = parse_uuid(raw_session, "session") if raw_session else None
     ctx = context(request)
     await ctx.audit.flush()  # the caller sees every read answered before this one
-    async with ctx.reader.connect() as conn:
+    async with ctx.autocommit.connect() as conn:
         items = await audit_log.list_audit(
             conn, limit=limit, session_id=session_id, before_id=before_id
         )

@@ -48,7 +48,7 @@ async def create_session(request: Request) -> Response:
 
 async def get_session(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
-    async with context(request).reader.connect() as conn:
+    async with context(request).autocommit.connect() as conn:
         row = await repository.get_session(conn, session_id)
     if row is None:
         raise not_found("session")
@@ -61,7 +61,7 @@ async def list_sessions(request: Request) -> Response:
     after = query_time(request, "created_after")
     before = query_time(request, "created_before")
     cursor = request.query_params.get("cursor")
-    async with context(request).reader.connect() as conn:
+    async with context(request).autocommit.connect() as conn:
         try:
             rows, next_cursor = await repository.list_sessions(
                 conn, limit=limit, cursor=cursor, created_after=after, created_before=before
@@ -80,7 +80,7 @@ async def metric_series(request: Request) -> Response:
     bucket_ms = query_int(request, "bucket_ms", 0, 0, 86_400_000) or None
     limit = query_int(request, "limit", MAX_POINTS, 1, MAX_POINTS)
     since, until = query_time(request, "since"), query_time(request, "until")
-    async with context(request).reader.connect() as conn:
+    async with context(request).autocommit.connect() as conn:
         try:
             points = await series.metric_series(
                 conn, session_id, metric, since=since, until=until, bucket_ms=bucket_ms, limit=limit

@@ -32,10 +32,10 @@ async def create_task(request: Request) -> Response:
     data: TaskCreate = decode_body(
         await read_body(request, ctx.settings.max_body_bytes), TaskCreate
     )
-    async with ctx.sessionmaker() as db:
+    async with ctx.autocommit.connect() as conn:
         try:
             row = await repository.create_task(
-                db,
+                conn,
                 session_id,
                 data,
                 max_tasks=ctx.settings.session_max_tasks,
@@ -52,7 +52,7 @@ async def list_tasks(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
     limit = query_int(request, "limit", TASKS_PAGE, 1, MAX_TASKS_PAGE)
     cursor = request.query_params.get("cursor")
-    async with context(request).reader.connect() as conn:
+    async with context(request).autocommit.connect() as conn:
         try:
             page = await repository.list_tasks(conn, session_id, limit=limit, cursor=cursor)
         except repository.BadCursor as exc:
@@ -91,7 +91,7 @@ async def add_metrics(request: Request) -> Response:
 
 async def list_metrics(request: Request) -> Response:
     task_id = parse_uuid(request.path_params["task_id"], "task")
-    async with context(request).reader.connect() as conn:
+    async with context(request).autocommit.connect() as conn:
         session_id = await _session_of_task(request, conn, task_id)
         rows = await repository.list_metrics(conn, task_id)
     await audit(request, "read_metrics", session_id)

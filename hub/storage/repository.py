@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     DateTime,
+    Float,
     String,
     Uuid,
     and_,
@@ -155,21 +156,43 @@ class LimitReached(Exception):
         self.code = code
 
 
-# The session's row locked against erasure, with the count and size of its tasks.
-_TASK_ROOM = (
-    select(
-        select(func.count()).where(Task.session_id == Session.id).scalar_subquery(),
-        select(func.coalesce(func.sum(func.length(func.cast(Task.metrics, String))), 0))
-        .where(Task.session_id == Session.id)
-        .scalar_subquery(),
+def _create_task() -> Select[Any]:
+    """One statement (so one round trip, and no transaction to open): the session's row
+    locked against erasure with the count and size of its tasks, and the new task inserted
+    only if it stays within the limits. No row: no such session; a row without a task: a
+    limit is reached (its count and size say which)."""
+    room = (
+        select(
+            select(func.count()).where(Task.session_id == Session.id).scalar_subquery().label("n"),
+            select(func.coalesce(func.sum(func.length(func.cast(Task.metrics, String))), 0))
+            .where(Task.session_id == Session.id)
+            .scalar_subquery()
+            .label("size"),
+        )
+        .where(Session.id == bindparam("sid", type_=Uuid))
+        .with_for_update(key_share=True, read=True, of=Session)
+        .cte("room")
     )
-    .where(Session.id == bindparam("sid"))
-    .with_for_update(key_share=True, read=True, of=Session)
-)
+    # Each task also carries its name, id, status and times: about 256 bytes.
+    grown = room.c.size + (room.c.n + 1) * 256 + bindparam("metrics_len")
+    values = select(
+        bindparam("id", type_=Uuid),
+        bindparam("sid", type_=Uuid),
+        bindparam("task_name", type_=String),
+        bindparam("status", type_=String),
+        bindparam("duration_seconds", type_=Float),
+        bindparam("metrics", type_=JSONB),
+    ).where(room.c.n < bindparam("max_tasks"), grown <= bindparam("max_bytes"))
+    fields = ["id", "session_id", "task_name", "status", "duration_seconds", "metrics"]
+    new = insert(Task).from_select(fields, values).returning(*TASK_COLUMNS).cte("new")
+    return select(room.c.n, room.c.size, *new.c).select_from(room.outerjoin(new, true()))
+
+
+_CREATE_TASK = _create_task()
 
 
 async def create_task(
-    db: AsyncSession,
+    conn: AsyncConnection,
     session_id: uuid.UUID,
     data: TaskCreate,
     *,
@@ -179,37 +202,33 @@ async def create_task(
     """The new task, or None if there is no such session. Raises LimitReached if the session
     has `max_tasks` tasks, or its tasks would pass `max_state_bytes` (as JSON, roughly): the
     limits a live session has, so a session filled over HTTP cannot be any larger."""
-    room = (await db.execute(_TASK_ROOM, {"sid": session_id})).first()
-    if room is None:
+    metrics = dict(data.metrics)
+    params = {
+        "sid": session_id,
+        "id": uuid.uuid4(),
+        "task_name": data.task_name,
+        "status": data.status,
+        "duration_seconds": data.duration_seconds,
+        "metrics": metrics,
+        "metrics_len": len(orjson.dumps(metrics)),
+        "max_tasks": max_tasks,
+        "max_bytes": max_state_bytes,
+    }
+    row = (await conn.execute(_CREATE_TASK, params)).first()
+    if row is None:
         return None
-    count, size = room
+    count, size, *task = row
+    if task[0] is not None:
+        return TaskOut(*task)
     if count >= max_tasks:
         raise LimitReached(
             "too_many_tasks", f"the session has {count} tasks; the limit is {max_tasks}"
         )
-    # Each task also carries its name, id, status and times: about 256 bytes.
-    grown = size + (count + 1) * 256 + len(orjson.dumps(dict(data.metrics)))
-    if grown > max_state_bytes:
-        raise LimitReached(
-            "session_state_too_large",
-            f"the session's tasks would take about {grown} bytes; the limit is {max_state_bytes}",
-        )
-    row = (
-        await db.execute(
-            insert(Task)
-            .values(
-                id=uuid.uuid4(),
-                session_id=session_id,
-                task_name=data.task_name,
-                status=data.status,
-                duration_seconds=data.duration_seconds,
-                metrics=dict(data.metrics),
-            )
-            .returning(*TASK_COLUMNS)
-        )
-    ).one()
-    await db.commit()
-    return TaskOut(*row)
+    grown = size + (count + 1) * 256 + params["metrics_len"]
+    raise LimitReached(
+        "session_state_too_large",
+        f"the session's tasks would take about {grown} bytes; the limit is {max_state_bytes}",
+    )
 
 
 def _tasks_page(after: bool) -> Select[Any]:
