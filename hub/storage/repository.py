@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Select
 
 from hub.schemas import MetricOut, MetricsBatch, SessionCreate, SessionOut, TaskCreate, TaskOut
+from hub.storage.compiled import Compiled
 from hub.storage.models import AuditEntry, Metric, Session, Task
 
 # Timestamps outside this range are refused: PostgreSQL cannot bind every Python datetime.
@@ -249,7 +250,7 @@ def _tasks_page(after: bool) -> Select[Any]:
     )
 
 
-_TASKS_FIRST_PAGE, _TASKS_NEXT_PAGE = _tasks_page(False), _tasks_page(True)
+_TASKS_FIRST_PAGE, _TASKS_NEXT_PAGE = Compiled(_tasks_page(False)), Compiled(_tasks_page(True))
 
 
 async def list_tasks(
@@ -261,7 +262,7 @@ async def list_tasks(
     if cursor is not None:
         params["at"], params["ident"] = decode_cursor(cursor)
     query = _TASKS_FIRST_PAGE if cursor is None else _TASKS_NEXT_PAGE
-    rows = (await conn.execute(query, params)).all()
+    rows = await query.fetch(conn, params)
     if not rows:
         return None
     tasks = [TaskOut(*r) for r in rows if r[0] is not None]
