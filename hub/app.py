@@ -31,6 +31,7 @@ from hub.endpoints.watch_ws import watch_endpoint
 from hub.live.node import LiveHub
 from hub.openapi import build_openapi
 from hub.settings import Settings
+from hub.storage.audit_log import AuditLog, AuditUnavailable
 from hub.storage.engine import make_engine, make_sessionmaker
 
 log = logging.getLogger("hub")
@@ -62,13 +63,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
         announce(tokens, first_admin, settings)
         metrics.forget_dead_workers(settings.prometheus_multiproc_dir)
         engine = make_engine(url, timeout_s=settings.db_statement_timeout_s)
+        autocommit = make_engine(url, timeout_s=settings.db_statement_timeout_s, autocommit=True)
         live = LiveHub(settings, url)
         await live.start()
+        audit = AuditLog(
+            autocommit,
+            flush_ms=settings.audit_flush_ms,
+            batch_rows=settings.audit_batch_rows,
+            queue_rows=settings.audit_queue_rows,
+        )
+        audit.start()
         app.state.hub = HubContext(
             settings=settings,
             engine=engine,
             sessionmaker=make_sessionmaker(engine),
+            autocommit=autocommit,
             live=live,
+            audit=audit,
             tokens=tokens,
             catalogue=metric_catalogue,
         )
@@ -81,7 +92,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             restore_signals()
             await live.shutdown()
+            # After uvicorn has finished every request: each read's row is queued by now.
+            await audit.close()
             await engine.dispose()
+            await autocommit.dispose()
             metrics.worker_exiting(settings.prometheus_multiproc_dir)
             if embedded is not None:
                 embedded.stop()
@@ -122,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             OSError: _database_unavailable,
             sqlalchemy.exc.OperationalError: _database_unavailable,
             sqlalchemy.exc.InterfaceError: _database_unavailable,
+            AuditUnavailable: _database_unavailable,
             Exception: _unexpected_error,
         },
     )

@@ -27,7 +27,7 @@ ERROR_TEXT = {
     409: "The session is at one of its limits (`error` says which)",
     413: "Request body too large",
     422: "Validation failed; `fields` names each bad field",
-    503: "Database unavailable",
+    503: "Database unavailable, or the audit trail too far behind; retry",
 }
 
 

@@ -211,6 +211,12 @@ class Settings:
     # see benchmarks/erase_bench.py).
     db_statement_timeout_s: int = 30
     max_watchers_per_session: int = 32
+    # The audit trail is written in batches off the request path: every this many ms, or as
+    # soon as this many rows wait. Past the queue's bound (rows), a read waits a moment for
+    # room, then answers 503 rather than go unaudited.
+    audit_flush_ms: int = 50
+    audit_batch_rows: int = 500
+    audit_queue_rows: int = 10_000
     # What connects hub nodes (workers, machines): "memory" (one process), "postgres"
     # (LISTEN/NOTIFY on DATABASE_URL) or a redis:// / rediss:// URL.
     backplane: str = dataclasses.field(default="memory", repr=False)  # a URL may hold a password
@@ -311,6 +317,9 @@ class Settings:
             max_watchers_per_session=_int(
                 env, "HUB_MAX_WATCHERS_PER_SESSION", cls.max_watchers_per_session
             ),
+            audit_flush_ms=_int(env, "HUB_AUDIT_FLUSH_MS", cls.audit_flush_ms),
+            audit_batch_rows=_int(env, "HUB_AUDIT_BATCH_ROWS", cls.audit_batch_rows),
+            audit_queue_rows=_int(env, "HUB_AUDIT_QUEUE_ROWS", cls.audit_queue_rows),
             backplane=_backplane(env),
             backplane_heartbeat_ms=_int(
                 env, "HUB_BACKPLANE_HEARTBEAT_MS", cls.backplane_heartbeat_ms, minimum=50

@@ -11,8 +11,8 @@ from hub.endpoints.errors import not_found
 from hub.endpoints.params import parse_uuid, query_int
 from hub.endpoints.responses import json_response
 from hub.openapi import Operation, Param, uuid_path
-from hub.schemas import AuditOut, AuditPage, Deleted
-from hub.storage import repository
+from hub.schemas import AuditPage, Deleted
+from hub.storage import audit_log, repository
 
 MAX_PAGE = 500
 
@@ -22,16 +22,12 @@ async def list_audit(request: Request) -> Response:
     before_id = query_int(request, "before_id", 0, 1, 2**62) or None
     raw_session = request.query_params.get("session_id")
     session_id = parse_uuid(raw_session, "session") if raw_session else None
-    async with context(request).sessionmaker() as db:
-        rows = await repository.list_audit(
-            db, limit=limit, session_id=session_id, before_id=before_id
+    ctx = context(request)
+    await ctx.audit.flush()  # the caller sees every read answered before this one
+    async with ctx.autocommit.connect() as conn:
+        items = await audit_log.list_audit(
+            conn, limit=limit, session_id=session_id, before_id=before_id
         )
-    items = [
-        AuditOut(
-            id=r.id, at=r.at, actor=r.actor, role=r.role, action=r.action, session_id=r.session_id
-        )
-        for r in rows
-    ]
     next_before = items[-1].id if len(items) == limit else None
     return json_response(AuditPage(items=items, next_before_id=next_before))
 
@@ -50,8 +46,7 @@ async def delete_session(request: Request) -> Response:
     ctx.live.erase(session_id)  # here and, through the backplane, on every node
     # The erasure itself is audited, without naming the session (nothing of it may remain).
     principal: Principal = request.state.principal
-    async with ctx.sessionmaker() as db:
-        await repository.record_access(db, principal.subject, principal.role, "erase_session", None)
+    await ctx.audit.record_durably(principal.subject, principal.role, "erase_session", None)
     return json_response(Deleted(deleted=session_id))
 
 
@@ -74,8 +69,10 @@ OPERATIONS = [
                 "`next_before_id` of the previous page",
             ),
         ),
-        errors=(404, 422),
+        errors=(404, 422, 503),
         roles=("admin",),
+        description="Reads answered before this one are in it: the audit trail is written in"
+        " batches, and this read waits for the rows still queued.",
     ),
     Operation(
         "DELETE",

@@ -20,8 +20,8 @@ from hub.storage import exports, reports, repository
 async def frames_csv(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
     ctx = context(request)
-    async with ctx.sessionmaker() as db:
-        if await repository.get_session(db, session_id) is None:
+    async with ctx.autocommit.connect() as conn:
+        if await repository.get_session(conn, session_id) is None:
             raise not_found("session")
     # Audited before the first byte: once the body streams, the status can no longer change.
     await audit(request, "export_csv", session_id)
@@ -42,8 +42,8 @@ async def session_fhir(request: Request) -> Response:
         report = await reports.session_report(db, session_id)
     child_name = None
     if report is not None and raw == "true":
-        async with ctx.sessionmaker() as db:
-            row = await repository.get_session(db, session_id)
+        async with ctx.autocommit.connect() as conn:
+            row = await repository.get_session(conn, session_id)
         child_name = row.child_name if row is not None else None
     if report is None:
         raise not_found("session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,33 +19,17 @@ from hub.schemas import (
     CHILD_REF_PATTERN,
     METRIC_NAME_PATTERN,
     SeriesOut,
-    SeriesPoint,
     SessionCreate,
     SessionCreated,
     SessionOut,
     SessionPage,
 )
-from hub.storage import repository
-from hub.storage.models import Session
+from hub.storage import repository, series
 
 MAX_PAGE = 200
 METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 MAX_POINTS = 10_000
 CHILD_REF = re.compile(CHILD_REF_PATTERN)
-
-
-def session_out(row: Session) -> SessionOut:
-    return SessionOut(
-        id=row.id,
-        created_at=row.created_at,
-        child_name=row.child_name,
-        child_age=row.child_age,
-        child_height_cm=row.child_height_cm,
-        child_weight_kg=row.child_weight_kg,
-        mirror_connected_at=row.mirror_connected_at,
-        ended_at=row.ended_at,
-        child_ref=row.child_ref,
-    )
 
 
 async def create_session(request: Request) -> Response:
@@ -59,20 +44,18 @@ async def create_session(request: Request) -> Response:
         mirror_token = ctx.tokens.issue(
             "mirror", f"mirror:{row.id}", ctx.settings.mirror_token_ttl_s, session_id=row.id
         )
-    created = SessionCreated(
-        **{f: getattr(row, f) for f in SessionOut.__struct_fields__}, mirror_token=mirror_token
-    )
+    created = SessionCreated(**msgspec.structs.asdict(row), mirror_token=mirror_token)
     return json_response(created, 201)
 
 
 async def get_session(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
-    async with context(request).sessionmaker() as db:
-        row = await repository.get_session(db, session_id)
+    async with context(request).autocommit.connect() as conn:
+        row = await repository.get_session(conn, session_id)
     if row is None:
         raise not_found("session")
     await audit(request, "read_session", session_id)
-    return json_response(session_out(row))
+    return json_response(row)
 
 
 async def list_sessions(request: Request) -> Response:
@@ -83,10 +66,10 @@ async def list_sessions(request: Request) -> Response:
     child_ref = request.query_params.get("child_ref")
     if child_ref is not None and (len(child_ref) > 64 or not CHILD_REF.fullmatch(child_ref)):
         raise bad_query("child_ref", "must be a child reference such as child-0042")
-    async with context(request).sessionmaker() as db:
+    async with context(request).autocommit.connect() as conn:
         try:
             rows, next_cursor = await repository.list_sessions(
-                db,
+                conn,
                 limit=limit,
                 cursor=cursor,
                 created_after=after,
@@ -96,7 +79,7 @@ async def list_sessions(request: Request) -> Response:
         except repository.BadCursor as exc:
             raise bad_query("cursor", str(exc)) from None
     await audit(request, "list_sessions", None)
-    return json_response(SessionPage(items=[session_out(r) for r in rows], next_cursor=next_cursor))
+    return json_response(SessionPage(items=rows, next_cursor=next_cursor))
 
 
 async def metric_series(request: Request) -> Response:
@@ -107,22 +90,21 @@ async def metric_series(request: Request) -> Response:
     bucket_ms = query_int(request, "bucket_ms", 0, 0, 86_400_000) or None
     limit = query_int(request, "limit", MAX_POINTS, 1, MAX_POINTS)
     since, until = query_time(request, "since"), query_time(request, "until")
-    async with context(request).sessionmaker() as db:
+    async with context(request).autocommit.connect() as conn:
         try:
-            rows = await repository.metric_series(
-                db, session_id, metric, since=since, until=until, bucket_ms=bucket_ms, limit=limit
+            points = await series.metric_series(
+                conn, session_id, metric, since=since, until=until, bucket_ms=bucket_ms, limit=limit
             )
-        except repository.UnknownMetric as exc:
+        except series.UnknownMetric as exc:
             # The answer names the session's metrics: a read like any other.
             await audit(request, "read_series", session_id)
             known = ", ".join(exc.known) if exc.known else "none yet"
             raise HTTPError(
                 404, "not_found", f"this session has no metric {metric!r}; it has: {known}"
             ) from None
-    if rows is None:
+    if points is None:
         raise not_found("session")
     await audit(request, "read_series", session_id)
-    points = [SeriesPoint(t=t, value=v, seq=s) for t, v, s in rows]
     return json_response(
         SeriesOut(session_id=session_id, metric=metric, bucket_ms=bucket_ms, points=points)
     )
@@ -170,7 +152,7 @@ OPERATIONS = [
                 "only the sessions of this child (its `child_ref`)",
             ),
         ),
-        errors=(422,),
+        errors=(422, 503),
     ),
     Operation(
         "GET",
@@ -181,7 +163,7 @@ OPERATIONS = [
         get_session,
         SessionOut,
         params=(uuid_path("session_id", "session"),),
-        errors=(404,),
+        errors=(404, 503),
         roles=STAFF_AND_MIRROR,
     ),
     Operation(
@@ -216,7 +198,7 @@ OPERATIONS = [
             ),
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_POINTS}),
         ),
-        errors=(404, 422),
+        errors=(404, 422, 503),
         description=(
             "One series from both sources of a session's metrics: the metric frames the mirror "
             "streamed (`seq` set) and the task results recorded with `POST "

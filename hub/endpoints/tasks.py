@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlencode
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,31 +19,11 @@ from hub.endpoints.responses import json_response
 from hub.openapi import STAFF_AND_MIRROR, Operation, Param, uuid_path
 from hub.schemas import FieldError, MetricOut, MetricsBatch, TaskCreate, TaskOut
 from hub.storage import repository
-from hub.storage.models import Metric, Task
 
 # A page of a session's tasks: by default as many as a live session may have (the
 # HUB_SESSION_MAX_TASKS default), so clients that read one page see every task of it.
 TASKS_PAGE = 500
 MAX_TASKS_PAGE = 1_000
-
-
-def task_out(row: Task) -> TaskOut:
-    return TaskOut(
-        id=row.id,
-        session_id=row.session_id,
-        task_name=row.task_name,
-        status=row.status,  # type: ignore[arg-type]  # the CHECK constraint keeps it in TaskStatus
-        duration_seconds=row.duration_seconds,
-        metrics=row.metrics,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def metric_out(row: Metric) -> MetricOut:
-    return MetricOut(
-        id=row.id, task_id=row.task_id, name=row.name, value=row.value, recorded_at=row.recorded_at
-    )
 
 
 async def create_task(request: Request) -> Response:
@@ -52,10 +32,10 @@ async def create_task(request: Request) -> Response:
     data: TaskCreate = decode_body(
         await read_body(request, ctx.settings.max_body_bytes), TaskCreate
     )
-    async with ctx.sessionmaker() as db:
+    async with ctx.autocommit.connect() as conn:
         try:
             row = await repository.create_task(
-                db,
+                conn,
                 session_id,
                 data,
                 max_tasks=ctx.settings.session_max_tasks,
@@ -65,16 +45,16 @@ async def create_task(request: Request) -> Response:
             raise HTTPError(409, exc.code, str(exc)) from None
     if row is None:
         raise not_found("session")
-    return json_response(task_out(row), 201)
+    return json_response(row, 201)
 
 
 async def list_tasks(request: Request) -> Response:
     session_id = parse_uuid(request.path_params["session_id"], "session")
     limit = query_int(request, "limit", TASKS_PAGE, 1, MAX_TASKS_PAGE)
     cursor = request.query_params.get("cursor")
-    async with context(request).sessionmaker() as db:
+    async with context(request).autocommit.connect() as conn:
         try:
-            page = await repository.list_tasks(db, session_id, limit=limit, cursor=cursor)
+            page = await repository.list_tasks(conn, session_id, limit=limit, cursor=cursor)
         except repository.BadCursor as exc:
             raise HTTPError(
                 422,
@@ -86,7 +66,7 @@ async def list_tasks(request: Request) -> Response:
         raise not_found("session")
     rows, next_cursor = page
     await audit(request, "read_tasks", session_id)
-    response = json_response([task_out(r) for r in rows])
+    response = json_response(rows)
     if next_cursor is not None:
         # The body stays a plain list (what clients of the unpaged API read); the next page
         # is named in a header (RFC 8288), with the cursor also on its own.
@@ -103,28 +83,30 @@ async def add_metrics(request: Request) -> Response:
         await read_body(request, ctx.settings.max_body_bytes), MetricsBatch
     )
     async with ctx.sessionmaker() as db:
-        task = await _task_of_caller(request, db, task_id)
-        rows = await repository.add_metrics(db, task, batch)
-    ctx.live.task_results(task.session_id, task.id, batch)
-    return json_response([metric_out(r) for r in rows], 201)
+        session_id = await _session_of_task(request, db, task_id)
+        rows = await repository.add_metrics(db, task_id, batch)
+    ctx.live.task_results(session_id, task_id, batch)
+    return json_response(rows, 201)
 
 
 async def list_metrics(request: Request) -> Response:
     task_id = parse_uuid(request.path_params["task_id"], "task")
-    async with context(request).sessionmaker() as db:
-        task = await _task_of_caller(request, db, task_id)
-        rows = await repository.list_metrics(db, task)
-    await audit(request, "read_metrics", task.session_id)
-    return json_response([metric_out(r) for r in rows])
+    async with context(request).autocommit.connect() as conn:
+        session_id = await _session_of_task(request, conn, task_id)
+        rows = await repository.list_metrics(conn, task_id)
+    await audit(request, "read_metrics", session_id)
+    return json_response(rows)
 
 
-async def _task_of_caller(request: Request, db: AsyncSession, task_id: uuid.UUID) -> Task:
-    """The task, if it exists (404) and the caller may touch its session (403)."""
-    task = await repository.get_task(db, task_id)
-    if task is None:
+async def _session_of_task(
+    request: Request, conn: AsyncConnection | AsyncSession, task_id: uuid.UUID
+) -> uuid.UUID:
+    """The task's session, if the task exists (404) and the caller may touch it (403)."""
+    session_id = await repository.task_session(conn, task_id)
+    if session_id is None:
         raise not_found("task")
-    require_session(request, task.session_id)
-    return task
+    require_session(request, session_id)
+    return session_id
 
 
 OPERATIONS = [
@@ -164,7 +146,7 @@ OPERATIONS = [
             Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_TASKS_PAGE}),
             Param("cursor", "query", {"type": "string"}, "`Next-Cursor` of the previous page"),
         ),
-        errors=(404, 422),
+        errors=(404, 422, 503),
         roles=STAFF_AND_MIRROR,
         description="Includes the tasks of a live session as its mirror streams them. Pages of"
         f" `limit` tasks ({TASKS_PAGE} by default): when there are more, the answer has a"
@@ -195,7 +177,7 @@ OPERATIONS = [
         list_metrics,
         list[MetricOut],
         params=(uuid_path("task_id", "task"),),
-        errors=(404,),
+        errors=(404, 503),
         roles=STAFF_AND_MIRROR,
     ),
 ]

@@ -29,7 +29,6 @@ from hub.live.node import LiveHub, SessionUnavailable
 from hub.live.sendqueue import Watcher
 from hub.live.session import LiveSession
 from hub.live.watching import plan_catch_up
-from hub.storage import repository
 
 log = logging.getLogger("hub.watch")
 
@@ -64,10 +63,9 @@ async def _watch(
         await close(websocket, closecodes.RESTART)
         return
     try:  # no unaudited watching: if the trail cannot be written, nobody watches
-        async with ctx.sessionmaker() as db:
-            recorded = await repository.record_access(
-                db, principal.subject, principal.role, "watch", session_id
-            )
+        recorded = await ctx.audit.record_durably(
+            principal.subject, principal.role, "watch", session_id
+        )
     except Exception as exc:
         log.warning("audit of a watch of session=%s failed: %s", session_id, type(exc).__name__)
         await close(websocket, closecodes.INTERNAL, "storage unavailable; retry")

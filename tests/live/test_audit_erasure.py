@@ -254,6 +254,8 @@ async def test_delete_erases_everything_and_closes_live_clients(
                 assert (await http.get(f"/sessions/{sid}/tasks")).status_code == 200
                 series = await http.get(f"/sessions/{sid}/series", params={"metric": "accuracy"})
                 assert series.status_code == 200
+            # Audit rows are written in batches: GET /audit has every row queued before it written.
+            assert (await http.get("/audit")).status_code == 200
 
             task_ids = [
                 str(t)
