@@ -60,14 +60,20 @@ async def frames_csv(engine: AsyncEngine, session_id: uuid.UUID) -> AsyncIterato
                 raw = await conn.get_raw_connection()
                 driver = raw.driver_connection
                 assert driver is not None
-                await driver.copy_from_query(
-                    CSV_QUERY,
-                    session_id,
-                    output=put,
-                    format="csv",
-                    header=True,
-                    timeout=EXPORT_TIMEOUT_S,
-                )
+                try:
+                    await driver.copy_from_query(
+                        CSV_QUERY,
+                        session_id,
+                        output=put,
+                        format="csv",
+                        header=True,
+                        timeout=EXPORT_TIMEOUT_S,
+                    )
+                except asyncio.CancelledError:
+                    # A COPY stopped half-way leaves the connection mid-protocol: it must not
+                    # go back to the pool, where the next checkout would find it unusable.
+                    await conn.invalidate()
+                    raise
         except Exception as exc:  # handed to the reader, which is still reading
             await queue.put(exc)
         else:
