@@ -87,6 +87,14 @@ class TaskFrame(
 Frame = MetricsFrame | TaskFrame
 
 
+def kind_of(frame: Frame) -> str:
+    """A frame's `type`, which is also the `kind` it is stored under: a new frame type needs
+    no mapping elsewhere."""
+    tag = frame.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
 class Batch(Struct, tag="batch", tag_field="type", forbid_unknown_fields=True):
     frames: Annotated[list[Frame], Meta(min_length=1, max_length=MAX_BATCH)]
 
