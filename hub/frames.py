@@ -153,7 +153,7 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
     )
 
 
-def frames_of(message: MetricsFrame | TaskFrame | Batch) -> list[Frame]:
+def frames_of(message: Frame | Batch) -> list[Frame]:
     return message.frames if isinstance(message, Batch) else [message]
 
 
