@@ -74,7 +74,19 @@ def _signed_in_page(
     return page
 
 
+def next_page(request: Request) -> str:
+    """Where to go after signing in: a console path of this hub, never another site."""
+    target = request.query_params.get("next", "")
+    if target.startswith("/console") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/console"
+
+
 async def login_page(request: Request) -> Response:
+    # Signed in already (a link from another site arrives without the SameSite=Strict
+    # cookie, so its page sent the browser here): straight on.
+    if await console_principal(request) is not None:
+        return RedirectResponse(next_page(request), status_code=303)
     return _page("Sign in", "login")
 
 

@@ -92,6 +92,14 @@ async def test_the_cookie_works_only_on_the_console(web: httpx.AsyncClient) -> N
     assert page.status_code == 200
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    # Signed in already: the sign-in page sends the browser on, but only within the console.
+    for asked, sent_to in (
+        ("/console/sessions", "/console/sessions"),
+        ("//evil.example/console", "/console"),
+        ("https://evil.example/", "/console"),
+    ):
+        again = await web.get("/console/login", params={"next": asked})
+        assert again.status_code == 303 and again.headers["location"] == sent_to, asked
 
 
 async def test_console_pages_send_strangers_to_sign_in(web: httpx.AsyncClient) -> None:

@@ -138,12 +138,17 @@ export class Catalogue {
     return unit ? `${text} ${unit}` : text;
   }
 
-  /** "good" inside the good range, "poor" outside, "" when no range is known. */
+  /** "good" inside the good range (or beyond it on the better side), "poor" otherwise, ""
+   * when no range is known. */
   judge(name, stored) {
-    const range = this.info(name)?.good_range;
+    const info = this.info(name);
+    const range = info?.good_range;
     if (!range || stored === null || stored === undefined) return "";
     const value = this.shown(name, stored);
-    return value >= range[0] && value <= range[1] ? "good" : "poor";
+    if (value >= range[0] && value <= range[1]) return "good";
+    if (info.better === "higher" && value > range[1]) return "good";
+    if (info.better === "lower" && value < range[0]) return "good";
+    return "poor";
   }
 
   rangeText(name) {

@@ -38,12 +38,6 @@ function form() {
 }
 
 async function start() {
-  // Signed in already (a link from another site arrives without the SameSite=Strict cookie)?
-  try {
-    await consolePost("/console/token");
-    location.replace(target);
-    return;
-  } catch { /* not signed in: go on */ }
   if (code) {
     status("Signing in…");
     try {

@@ -1,0 +1,192 @@
+"""The therapist console in a real Chromium (Playwright) against a real hub: sign in with the
+login link, find a session in the history, read its report (the values of GET /report),
+print it to PDF, follow a session live, sign out. No console errors, no CSP violations.
+Screenshots for the README are written to docs/screenshots/."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page
+
+from hub.login_codes import issue_login_code
+from tests.support import ROOT
+from tests.support.live import (
+    TOKENS,
+    HubProcess,
+    create_session,
+    metrics_frame,
+    new_task_id,
+    open_client,
+    send,
+    staff_headers,
+    wait_acked,
+)
+from tests.support.playwright import chromium
+from tests.support.streams import FRAMES, TASKS, session_script, stream
+
+pytestmark = pytest.mark.slow
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+UPLOT = ROOT / "hub" / "static" / "vendor" / "uplot"
+
+# Collects what the page would report: CSP violations (the event) and console errors.
+WATCH_PAGE = """
+window.__problems = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.__problems.push(`CSP ${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+class Console:
+    def __init__(self, context: BrowserContext, page: Page, hub: HubProcess) -> None:
+        self.context, self.page, self.hub = context, page, hub
+        self.errors: list[str] = []
+        page.on(
+            "console",
+            lambda m: self.errors.append(m.text) if m.type in ("error", "warning") else None,
+        )
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    async def problems(self) -> list[str]:
+        seen: list[str] = await self.page.evaluate("() => window.__problems || []")
+        return [*seen, *self.errors]
+
+    async def sign_in(self) -> None:
+        code = issue_login_code(TOKENS, "therapist", "dr-smith", 3600)
+        await self.page.goto(f"{self.hub.http}/console/login#code={code}")
+        await self.page.wait_for_url(f"{self.hub.http}/console")
+        await self.page.get_by_text("Signed in as dr-smith").wait_for(timeout=10_000)
+
+
+@pytest.fixture
+async def console(browser: Browser, hub_server: HubProcess) -> AsyncIterator[Console]:
+    context = await browser.new_context(
+        locale="en-US", viewport={"width": 1200, "height": 900}, timezone_id="UTC"
+    )
+    await context.add_init_script(WATCH_PAGE)
+    page = await context.new_page()
+    try:
+        yield Console(context, page, hub_server)
+    finally:
+        await context.close()
+
+
+def test_vendored_uplot_is_the_pinned_release_with_its_licence() -> None:
+    script = (UPLOT / "uPlot.iife.min.js").read_text(encoding="utf-8")
+    assert script.startswith("/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
+    licence = (UPLOT / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("The MIT License (MIT)") and "Leon Sorokin" in licence
+    assert (UPLOT / "uPlot.min.css").read_text(encoding="utf-8").startswith(".uplot")
+
+
+async def streamed_session(hub: HubProcess) -> tuple[str, dict[str, Any]]:
+    session_id = await create_session(hub.http, child_ref="child-0042")
+    task_ids = [new_task_id() for _ in TASKS]
+    await stream(hub, session_id, session_script(task_ids))
+    async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
+        for seq in range(FRAMES + 1, FRAMES + 4):
+            await send(mirror, metrics_frame(seq, sway_cm=1.5 + seq / 100))
+        await wait_acked(mirror, FRAMES + 3)
+    async with httpx.AsyncClient(base_url=hub.http, headers=staff_headers()) as http:
+        response = await http.get(f"/sessions/{session_id}/report")
+    response.raise_for_status()
+    return session_id, response.json()
+
+
+def shown(value: float, scale: float, decimals: int, unit: str) -> str:
+    """What en-US Intl.NumberFormat shows for a value: the exact double, rounded half away
+    from zero (Python's own format rounds half to even), with thousands separators."""
+    exact = Decimal(value * scale).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
+    return f"{exact:,} {unit}"
+
+
+@pytest.mark.timeout(120)
+async def test_sign_in_history_report_and_print(console: Console) -> None:
+    session_id, report = await streamed_session(console.hub)
+    page = console.page
+    await console.sign_in()
+
+    # The history, searched by child, lists the session and links to its report.
+    await page.goto(f"{console.hub.http}/console/sessions")
+    await page.fill("#child", "child-0042")
+    await page.press("#child", "Enter")
+    row = page.locator("#sessions tr", has_text="child-0042")
+    await row.first.wait_for(timeout=10_000)
+    assert await row.count() == 1
+    await row.get_by_role("link", name="Report").click()
+    await page.wait_for_url(f"**/console/sessions/{session_id}")
+    await page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+
+    # Every statistic on the page is the one GET /report gave, formatted with the catalogue.
+    async with httpx.AsyncClient(base_url=console.hub.http, headers=staff_headers()) as http:
+        catalogue = (await http.get("/catalogue")).json()["metrics"]
+    checked = 0
+    sections = [(t["task_id"], t["metrics"]) for t in report["tasks"]]
+    sections.append(("outside", report["outside_tasks"]))
+    for task_key, metrics in sections:
+        for name, summary in metrics.items():
+            info = catalogue[name]
+            row = page.locator(f'tr[data-task="{task_key}"][data-metric="{name}"]')
+            for stat in ("count", "min", "mean", "max", "last"):
+                cell = row.locator(f'td[data-stat="{stat}"]')
+                assert float(await cell.get_attribute("data-value") or "nan") == summary[stat]
+                text = (await cell.inner_text()).strip()
+                if stat == "count":
+                    assert text == f"{summary['count']:,}"
+                else:
+                    want = shown(summary[stat], info["scale"], info["decimals"], info["unit"])
+                    assert text.startswith(want), (name, stat, text, want)
+                checked += 1
+    assert checked == 5 * (3 * 3 + 1)
+    # Coloured against the good range: stability 0.8 (80 %) is inside 70-100 %.
+    stability = page.locator('tr[data-metric="stability"] td[data-stat="mean"]').first
+    assert "good" in (await stability.get_attribute("class") or "")
+    words = await page.locator("#completeness-words").inner_text()
+    assert words == f"All {FRAMES + 3} frames the mirror sent were stored; none is missing."
+    # A chart per metric, drawn from the stored frames.
+    charts = page.locator(".chart")
+    assert await charts.count() == 4
+    accuracy_points = await page.locator('.chart[data-metric="accuracy"]').get_attribute(
+        "data-points"
+    )
+    assert int(accuracy_points or 0) == sum(
+        t["metrics"]["accuracy"]["count"] for t in report["tasks"]
+    )
+    assert await page.locator(".chart canvas").count() == 4
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "console-report.png"), full_page=True)
+    await page.emulate_media(media="print")
+    pdf = await page.pdf(format="A4", print_background=True)
+    assert pdf.startswith(b"%PDF-") and len(pdf) > 10_000
+    await page.emulate_media(media="screen")
+
+    # The CSV export downloads through the page's token.
+    async with page.expect_download() as download_info:
+        await page.click("#export-csv")
+    download = await download_info.value
+    csv_path = await download.path()
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("seq") or "seq" in lines[0]
+    assert len(lines) > FRAMES
+
+    assert await console.problems() == []
+
+    # Sign out: the console is closed to this browser.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(re.compile(r".*/console/login$"))
+    await page.goto(f"{console.hub.http}/console/sessions")
+    assert "/console/login?next=" in page.url
+    assert not [c for c in await console.context.cookies() if c["name"] == "hub_console"]
