@@ -6,6 +6,7 @@ Screenshots for the README are written to docs/screenshots/."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -25,6 +26,7 @@ from tests.support.live import (
     open_client,
     send,
     staff_headers,
+    task_frame,
     wait_acked,
 )
 from tests.support.playwright import chromium
@@ -190,3 +192,67 @@ async def test_sign_in_history_report_and_print(console: Console) -> None:
     await page.goto(f"{console.hub.http}/console/sessions")
     assert "/console/login?next=" in page.url
     assert not [c for c in await console.context.cookies() if c["name"] == "hub_console"]
+
+
+async def wait_for(page: Page, expression: str, timeout_s: float = 30) -> Any:
+    """Wait until the expression is truthy in the page (Chromium polls it each frame)."""
+    handle = await page.wait_for_function(
+        f"() => ({expression})", timeout=timeout_s * 1000, polling="raf"
+    )
+    return await handle.json_value()
+
+
+@pytest.mark.timeout(120)
+async def test_live_view_draws_every_frame_and_resumes(console: Console) -> None:
+    session_id = await create_session(console.hub.http, child_ref="child-0042")
+    page = console.page
+    await console.sign_in()
+    task_id = new_task_id()
+    base = time.time()
+    sent: list[int] = []
+
+    async def stream_frames(mirror: Any, count: int) -> None:
+        # 30 frames/s of device time, sent as fast as the socket takes them.
+        for _ in range(count):
+            seq = sent[-1] + 1
+            frame = metrics_frame(seq, accuracy=(seq % 50) / 50, max_angle=120 + seq % 60)
+            frame.update(ts=base + seq / 30, task_id=task_id)
+            await send(mirror, frame)
+            sent.append(seq)
+        await wait_acked(mirror, sent[-1])
+
+    async with open_client(console.hub.ws, session_id, "mirror") as (mirror, _):
+        start = task_frame(1, task_id, "started", "in_progress", task_name="squat")
+        start["ts"] = base
+        await send(mirror, start)
+        sent.append(1)
+        await wait_acked(mirror, 1)
+        await page.goto(f"{console.hub.http}/console/live/{session_id}")
+        await wait_for(page, "window.consoleLive && window.consoleLive.client.state === 'open'")
+        assert await page.locator("#connection").inner_text() == "Live"
+
+        await stream_frames(mirror, 90)
+        assert await wait_for(page, "window.consoleLive.received() === 90")
+        for metric in ("accuracy", "max_angle"):
+            assert await page.evaluate(f"window.consoleLive.points('{metric}')") == 90
+        await page.locator("#current", has_text="squat").wait_for(timeout=10_000)
+        assert "mirror is connected" in await page.locator("#mirror").inner_text()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOTS / "console-live.png"), full_page=True)
+
+        # The network of the console's computer is cut while 2 s of frames are stored.
+        await console.context.set_offline(True)
+        await wait_for(page, "window.consoleLive.client.state === 'offline'")
+        assert "offline" in await page.locator("#connection").inner_text()
+        await stream_frames(mirror, 60)
+        await console.context.set_offline(False)
+        assert await wait_for(page, "window.consoleLive.received() === 150")
+        await page.locator("#resumed").wait_for(state="visible", timeout=10_000)
+        banner = await page.locator("#resumed").inner_text()
+        assert "caught up 2.0 s of data" in banner, banner
+
+    # Every frame after the page joined, once and in order: the chart has no hole.
+    seqs = await page.evaluate("window.consoleLive.seqs()")
+    assert seqs == sent[1:]
+    assert await page.evaluate("window.consoleLive.points('accuracy')") == 150
+    assert await console.problems() == []

@@ -1,5 +1,5 @@
 // uPlot charts (the vendored build, loaded before this module as the global `uPlot`).
-import { clock, number } from "./common.js";
+import { number } from "./common.js";
 
 const LINE = "#0b57d0";
 const GOOD_BAND = "rgba(10, 107, 44, 0.10)";
@@ -49,7 +49,7 @@ export function metricChart(container, catalogue, name, { width = 420, height = 
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true } },
     axes: [
-      { values: (u, ticks) => ticks.map((t) => clock(t * 1000)) },
+      {}, // uPlot's own time axis: its labels fit the span shown
       { values: (u, ticks) => ticks.map((v) => number(v, decimals)), label: unit || undefined, size: 60 },
     ],
     series: [{}, { label: catalogue.label(name), stroke: LINE, width: 1.5, points: { show: false } }],
