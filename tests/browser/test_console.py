@@ -184,6 +184,22 @@ async def test_sign_in_history_report_and_print(console: Console) -> None:
     assert lines[0].startswith("seq") or "seq" in lines[0]
     assert len(lines) > FRAMES
 
+    # The child's progress page: this one visit's mean of each exercise's metrics.
+    await page.get_by_role("link", name="child-0042").first.click()
+    await page.wait_for_url("**/console/children/child-0042")
+    await page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+    for task in report["tasks"]:
+        for name, summary in task["metrics"].items():
+            cell = page.locator(
+                f'section[data-task="{task["task_name"]}"] tr[data-session="{session_id}"] '
+                f'td[data-metric="{name}"]'
+            )
+            assert float(await cell.get_attribute("data-value") or "nan") == pytest.approx(
+                summary["mean"], rel=1e-12
+            )
+    assert await page.locator("section.task .chart canvas").count() == 3 * 3
+    await page.screenshot(path=str(SCREENSHOTS / "console-progress.png"), full_page=True)
+
     assert await console.problems() == []
 
     # Sign out: the console is closed to this browser.
@@ -204,7 +220,7 @@ async def wait_for(page: Page, expression: str, timeout_s: float = 30) -> Any:
 
 @pytest.mark.timeout(120)
 async def test_live_view_draws_every_frame_and_resumes(console: Console) -> None:
-    session_id = await create_session(console.hub.http, child_ref="child-0042")
+    session_id = await create_session(console.hub.http, child_ref="child-0043")
     page = console.page
     await console.sign_in()
     task_id = new_task_id()

@@ -7,7 +7,7 @@ const MARK = "#6b4f00";
 
 /** A chart of one metric: x in seconds since the epoch, y as shown (scaled), the good range
  * shaded, and `marks` (task starts, seconds) drawn as labelled vertical lines. */
-export function metricChart(container, catalogue, name, { width = 420, height = 180 } = {}) {
+export function metricChart(container, catalogue, name, { width = 420, height = 180, points = false } = {}) {
   const marks = [];
   const range = catalogue.info(name)?.good_range ?? null;
   const decimals = catalogue.decimals(name);
@@ -52,7 +52,7 @@ export function metricChart(container, catalogue, name, { width = 420, height = 
       {}, // uPlot's own time axis: its labels fit the span shown
       { values: (u, ticks) => ticks.map((v) => number(v, decimals)), label: unit || undefined, size: 60 },
     ],
-    series: [{}, { label: catalogue.label(name), stroke: LINE, width: 1.5, points: { show: false } }],
+    series: [{}, { label: catalogue.label(name), stroke: LINE, width: 1.5, points: { show: points, size: 7 } }],
     hooks: { draw: [drawExtras] },
   };
   const plot = new uPlot(options, [[], []], container);
