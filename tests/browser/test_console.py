@@ -5,6 +5,7 @@ Screenshots for the README are written to docs/screenshots/."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -271,4 +272,41 @@ async def test_live_view_draws_every_frame_and_resumes(console: Console) -> None
     seqs = await page.evaluate("window.consoleLive.seqs()")
     assert seqs == sent[1:]
     assert await page.evaluate("window.consoleLive.points('accuracy')") == 150
+    assert await console.problems() == []
+
+
+@pytest.mark.timeout(120)
+async def test_live_view_main_thread_stays_light_at_30_frames_per_second(
+    console: Console,
+) -> None:
+    """DevTools' TaskDuration (main-thread busy time) over 10 s of a 30 frames/s stream with
+    three metrics stays under 25 % of one core."""
+    session_id = await create_session(console.hub.http)
+    page = console.page
+    await console.sign_in()
+    async with open_client(console.hub.ws, session_id, "mirror") as (mirror, _):
+        await page.goto(f"{console.hub.http}/console/live/{session_id}")
+        await wait_for(page, "window.consoleLive && window.consoleLive.client.state === 'open'")
+        cdp = await console.context.new_cdp_session(page)
+        await cdp.send("Performance.enable")
+
+        async def busy() -> float:
+            metrics = (await cdp.send("Performance.getMetrics"))["metrics"]
+            return float(next(m["value"] for m in metrics if m["name"] == "TaskDuration"))
+
+        before, started = await busy(), time.monotonic()
+        loop = asyncio.get_running_loop()
+        first = loop.time()
+        for seq in range(1, 301):
+            # Paced to the mirror's rate: frame n leaves at n/30 s (a rate, not a wait for
+            # an event).
+            await asyncio.sleep(max(0.0, first + seq / 30 - loop.time()))
+            frame = metrics_frame(seq, accuracy=(seq % 50) / 50, stability=0.8, sway_cm=1.0)
+            await send(mirror, frame)
+        await wait_acked(mirror, 300)
+        assert await wait_for(page, "window.consoleLive.received() === 300")
+        share = (await busy() - before) / (time.monotonic() - started)
+        await cdp.detach()
+    print(f"live view main thread busy: {share:.1%} of one core at 30 frames/s")
+    assert share < 0.25, share
     assert await console.problems() == []

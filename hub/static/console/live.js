@@ -65,11 +65,16 @@ function render() {
   showDetails();
 }
 
+// Charts are redrawn at most this often: every frame is drawn, but 30 frames/s redraws of
+// every chart would keep the main thread busy for little a person can see.
+const REDRAW_MS = 100;
+let lastRender = 0;
+
 function schedule() {
-  if (!dirty) {
-    dirty = true;
-    requestAnimationFrame(render);
-  }
+  if (dirty) return;
+  dirty = true;
+  const wait = Math.max(0, lastRender + REDRAW_MS - performance.now());
+  setTimeout(() => requestAnimationFrame((now) => { lastRender = now; render(); }), wait);
 }
 
 function onMetrics(frame) {
