@@ -73,10 +73,10 @@ async def console_principal(conn: HTTPConnection) -> tuple[Principal, datetime] 
 
 
 async def _audit(request: Request, principal: Principal, action: str) -> None:
-    """Sign-in and sign-out are written before they are answered (no unaudited sign-in)."""
+    """Written before the answer (a sign-in nobody can find in the trail did not happen)."""
     try:
         await context(request).audit.record_durably(principal.subject, principal.role, action, None)
-    except AuditUnavailable as exc:
+    except AuditUnavailable as exc:  # AuditBacklog included
         raise HTTPError(503, "audit_unavailable", str(exc), headers={"Retry-After": "1"}) from None
 
 
