@@ -55,8 +55,7 @@ async def test_heartbeat_unsubscribe_racing_a_load_keeps_the_subscription(
         assert node_a.accept(live_a, [frame(s) for s in range(1, 4)]) is None
         async with asyncio.timeout(WAIT):
             while seqs(watcher) != [1, 2, 3]:
-                watcher.outbox.ready.clear()
-                await watcher.outbox.ready.wait()
+                await watcher.outbox.wait_ready()
 
 
 class Unplugged(MemoryBackplane):

@@ -163,11 +163,11 @@ def backplane_loss(node: Node, session_id: uuid.UUID) -> Any:
     backplane = node.cluster.backplane
     channel = channel_of(session_id)
     assert isinstance(backplane, MemoryBackplane)
-    backplane.broker.subscribers[channel].discard(backplane)
+    backplane.broker.unsubscribe(channel, backplane)
     try:
         yield
     finally:
-        backplane.broker.subscribers[channel].add(backplane)
+        backplane.broker.subscribe(channel, backplane)
 
 
 NewSession = Callable[[], Awaitable[uuid.UUID]]
@@ -180,8 +180,7 @@ async def wait_until(watcher: Watcher, done: Callable[[], bool]) -> None:
     """Wait (bounded) until `done()`, re-checking whenever the watcher's outbox changes."""
     async with asyncio.timeout(WAIT):
         while not done():
-            watcher.outbox.ready.clear()
-            await watcher.outbox.ready.wait()
+            await watcher.outbox.wait_ready()
 
 
 def closed(watcher: Watcher) -> bool:
