@@ -149,16 +149,13 @@ class Subscriptions:
         elif code is closecodes.NORMAL and flush:  # `ended` is queued: it leaves once sent
             sub.finishing = True
             self.wake(sub)
-        else:
+        elif code is closecodes.UNKNOWN_SESSION:  # deleted: nothing to resume
             self._leave(sub)
-            self.say(
-                session_error(
-                    sub.key,
-                    "resync",
-                    f"{reason or code.meaning}; subscribe again with since",
-                    sub.delivered,
-                )
-            )
+            self.say(session_error(sub.key, "unknown", reason or "session was deleted"))
+        else:  # behind its queue, or this node lost track: resume with `since`
+            self._leave(sub)
+            message = f"{reason or code.meaning}; subscribe again with since"
+            self.say(session_error(sub.key, "resync", message, sub.delivered))
 
     def _leave(self, sub: Subscription) -> None:
         sub.clear()

@@ -202,3 +202,24 @@ def test_unsubscribe_drops_what_was_queued_and_stops_the_session() -> None:
     r.offer(*metrics(2))
     assert sent(subs) == []
     assert subs.gone() == [sub]
+
+
+def test_a_deleted_session_ends_its_subscription_as_unknown_not_resync() -> None:
+    subs, r = connection(), room()
+    sub = subscribe(subs, r)
+    r.close_watchers(closecodes.UNKNOWN_SESSION, "session was deleted")
+    [error] = sent(subs)
+    assert (error["session_id"], error["code"]) == (sub.key, "unknown")
+    assert subs.gone() == [sub] and subs.outbox.close_code is None
+
+
+def test_a_room_that_lost_track_drops_its_subscriptions_with_resync() -> None:
+    subs, r = connection(), room()
+    sub = subscribe(subs, r)
+    r.offer(*metrics(1))
+    r.offer(*metrics(2))
+    sent(subs)
+    r.close_watchers(closecodes.RESYNC)
+    [error] = sent(subs)
+    assert (error["code"], error["last_seq"]) == ("resync", 2)
+    assert subs.gone() == [sub]
