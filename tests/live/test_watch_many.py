@@ -22,11 +22,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.live import (
     HubProcess,
+    closed_with,
     create_session,
     metrics_frame,
     new_task_id,
     open_client,
     recv,
+    recv_until,
     send,
     task_frame,
     token,
@@ -267,3 +269,19 @@ async def test_bad_requests_get_an_error_and_the_connection_carries_on(
         assert (await recv(ws))["code"] == "unknown"
         await send(ws, {"type": "subscribe", "session_id": sid})
         assert (await recv(ws))["type"] == "subscribed"
+
+
+async def test_a_shutdown_closes_a_watch_connection_with_1012(
+    start_hub: Callable[..., Awaitable[HubProcess]],
+) -> None:
+    hub = await start_hub()
+    sid = await create_session(hub.http)
+    async with watch_many(hub) as ws:
+        await send(ws, {"type": "subscribe", "session_id": "*", "mode": "overview"})
+        assert (await recv(ws))["type"] == "subscribed"
+        await send(ws, {"type": "subscribe", "session_id": sid})
+        assert (await recv_until(ws, "subscribed"))["session_id"] == sid
+        stopping = asyncio.create_task(hub.stop())
+        code, _ = await closed_with(ws, timeout=20)
+        assert code == 1012  # restart: reconnect elsewhere, subscribe again with since
+        assert await stopping == 0
