@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 import uuid
 from collections import defaultdict
@@ -145,8 +144,12 @@ async def test_fifty_subscriptions_full_and_overview_on_one_connection(
         for sid in overview:
             updates = inbox.overviews[sid]
             assert sid not in inbox.seqs  # an overview gets no frames
-            gaps = [b[0] - a[0] for a, b in itertools.pairwise(updates)]
-            assert all(gap >= 1 / hz - 0.05 for gap in gaps), gaps  # at most hz a second
+            # At most hz a second: in any second, hz updates (one more if the network held
+            # one back and delivered it with the next).
+            times = [t for t, _ in updates]
+            busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+            assert busiest <= hz + 1, times
+            assert len(updates) < frames // 3  # conflated: far fewer updates than frames
             events = [e["seq"] for _, u in updates for e in u["events"] if e["type"] == "task"]
             assert events == task_seqs  # every task event, none conflated away
             latest: dict[str, float] = {}
