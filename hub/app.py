@@ -22,7 +22,7 @@ from hub import catalogue, metrics
 from hub.auth import announce, token_service
 from hub.context import HubContext
 from hub.edge import HostGuard
-from hub.endpoints import api, client_assets, docs, landing, watch_page
+from hub.endpoints import api, client_assets, console, console_auth, docs, landing, watch_page
 from hub.endpoints.errors import HTTPError, error_response
 from hub.endpoints.guard import guard
 from hub.endpoints.mirror_ws import mirror_endpoint
@@ -122,6 +122,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(WebSocketRoute("/ws/watch", watch_many_endpoint))
     routes.extend(watch_page.routes)
     routes.extend(client_assets.routes)
+    routes.extend(console_auth.routes)
+    routes.extend(console.routes)
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -90,6 +90,11 @@ class TokenService:
         # those whose `aud` names this hub are accepted.
         self._audience = audience
 
+    @property
+    def secret(self) -> bytes:
+        """The HS256 signing secret (login codes are signed with it too)."""
+        return self._secret
+
     def issue(
         self,
         role: Role,

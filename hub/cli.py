@@ -29,7 +29,16 @@ def run_token(args: argparse.Namespace, settings: Settings) -> int:
         service, first_admin = token_service(settings)
         if service is None:
             raise ValueError("authentication is disabled (HUB_AUTH_DISABLED); no token needed")
-        print(service.issue(args.role, args.name, ttl, session_id=session_id))
+        lines = [service.issue(args.role, args.name, ttl, session_id=session_id)]
+        if args.login:
+            from hub.login_codes import LOGIN_CODE_TTL_S, issue_login_code
+
+            code = issue_login_code(service, args.role, args.name, ttl)
+            # In the fragment: browsers never send it, so it stays out of every access log.
+            link = f"{args.url.rstrip('/')}/console/login#code={code}"
+            minutes = LOGIN_CODE_TTL_S // 60
+            lines.append(f"Console sign-in link (works once, for {minutes} minutes): {link}")
+        print("\n".join(lines))
     except ValueError as exc:
         print(f"hub: {exc}", file=sys.stderr)
         return 2
@@ -89,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", default="8h", help="lifetime with a unit: 90s, 30m, 8h or 7d")
     create.add_argument(
         "--session", default=None, help="the session a mirror token may write (mirror only)"
+    )
+    create.add_argument(
+        "--login",
+        action="store_true",
+        help="also print a one-time console sign-in link (therapist or admin; the console "
+        "stays signed in for --ttl)",
+    )
+    create.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the hub's address, for the --login link"
     )
 
     db = sub.add_parser("db", help="database migrations", formatter_class=formatter)

@@ -273,3 +273,20 @@ class AuditPage(Struct):
 
 class Deleted(Struct):
     deleted: uuid.UUID
+
+
+class ProgressPoint(Struct):
+    """One metric's mean over one exercise of one visit (the metric frames it streamed)."""
+
+    session_id: uuid.UUID
+    created_at: datetime  # when the visit's session was created
+    task_name: str
+    metric: str
+    mean: float
+    count: int
+
+
+class ChildProgress(Struct):
+    child_ref: str
+    sessions: int  # visits with this child_ref (at most the newest 100 are summarised)
+    points: list[ProgressPoint]  # oldest visit first

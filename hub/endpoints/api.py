@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from hub.endpoints import admin, catalogue, exports, health, reports, sessions, tasks
+from hub.endpoints import (
+    admin,
+    catalogue,
+    console_progress,
+    exports,
+    health,
+    reports,
+    sessions,
+    tasks,
+)
 from hub.endpoints.guard import guard
 from hub.openapi import Operation
 
@@ -13,6 +22,7 @@ OPERATIONS: list[Operation] = [
     *sessions.OPERATIONS,
     *tasks.OPERATIONS,
     *reports.OPERATIONS,
+    *console_progress.OPERATIONS,
     *exports.OPERATIONS,
     *catalogue.OPERATIONS,
     *admin.OPERATIONS,

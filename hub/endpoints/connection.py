@@ -58,8 +58,7 @@ async def run_writer(
     ack_sent_at = -ack_interval_s
     sent_at = float("-inf")
     while True:
-        await outbox.ready.wait()
-        outbox.ready.clear()
+        await outbox.wait_ready()
         # A mirror's ack goes out before any close, so a shutdown acks what it stored.
         if link is not None and link.acked > sent_ack:
             wait = ack_sent_at + ack_interval_s - time.monotonic()

@@ -28,6 +28,12 @@ _PAGE: Final = """<!doctype html>
 Each mirror streams its session's task events and metrics over a WebSocket; the hub stores every
 frame exactly once in PostgreSQL, acknowledges it after the commit, and broadcasts it at once to
 the therapists watching. The session history is served over HTTP.</p>
+<h2>Therapists</h2>
+<ul>
+<li><a href="{root}/console/login">The console</a>: session history, reports, live sessions and each
+child's progress (sign in with the link from <code>hub token create --role therapist
+--login</code>, or paste a token)</li>
+</ul>
 <h2>Documentation</h2>
 <ul>
 <li><a href="{root}/docs/protocol">The live protocol</a>: WebSockets

@@ -32,6 +32,17 @@ class Ticket:
         # Set when a newer socket took this waiting one's place: its handshake gives up.
         self.evicted = asyncio.Event()
 
+    # Called by `Admission`, which keeps the counts: use its `authenticate` and `release`.
+    def mark_authenticated(self) -> None:
+        self.state = "authenticated"
+
+    def mark_released(self) -> None:
+        self.state = "released"
+
+    def evict(self) -> None:
+        """A newer socket took this place (already released): tell its handshake to give up."""
+        self.evicted.set()
+
 
 class Admission:
     def __init__(self, max_total: int, max_per_client: int, max_waiting_per_client: int) -> None:
@@ -64,7 +75,7 @@ class Admission:
             return False
         self._forget_waiting(ticket)
         self.authenticated[ticket.host] += 1
-        ticket.state = "authenticated"
+        ticket.mark_authenticated()
         return True
 
     def release(self, ticket: Ticket) -> None:
@@ -77,7 +88,7 @@ class Admission:
                 del self.authenticated[ticket.host]
         else:
             self._forget_waiting(ticket)
-        ticket.state = "released"
+        ticket.mark_released()
         self.total -= 1
 
     def _evict_oldest(self, waiting: dict[Ticket, None]) -> bool:
@@ -87,7 +98,7 @@ class Admission:
         if oldest is None:
             return False
         self.release(oldest)
-        oldest.evicted.set()
+        oldest.evict()
         return True
 
     def _forget_waiting(self, ticket: Ticket) -> None:

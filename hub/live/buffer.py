@@ -42,6 +42,32 @@ class SessionQueue:
         """Frames a batch may take now; 0 while the session has a batch in flight or waits."""
         return 0 if self.in_flight or self.paced else len(self.frames)
 
+    def push(self, item: PendingFrame) -> int:
+        """Append `item`; its size in bytes."""
+        self.frames.append(item)
+        size = len(item.text)
+        self.bytes += size
+        return size
+
+    def start_batch(self, count: int, paced: bool) -> None:
+        """Its first `count` frames are in a batch now; `paced`: the next one waits."""
+        self.in_flight = count
+        self.paced = paced
+
+    def drop_stored(self, count: int) -> int:
+        """Its batch of `count` frames committed: drop them; their size in bytes."""
+        size = 0
+        for _ in range(count):
+            size += len(self.frames.popleft().text)
+        self.bytes -= size
+        self.in_flight = 0
+        return size
+
+    def settle(self) -> None:
+        """No batch in flight and no waiting: its frames may go in the next batch."""
+        self.in_flight = 0
+        self.paced = False
+
 
 class WriteBuffer:
     def __init__(
@@ -125,9 +151,7 @@ class WriteBuffer:
         queue = self._queues.get(item.session_id)
         if queue is None:
             queue = self._queues[item.session_id] = SessionQueue()
-        queue.frames.append(item)
-        size = len(item.text)
-        queue.bytes += size
+        size = queue.push(item)
         self._frames += 1
         self._bytes += size
         self.peak_frames = max(self.peak_frames, self._frames)
@@ -180,8 +204,7 @@ class WriteBuffer:
             count = min(waiting, share)
             budget -= count
             queue = self._queues[session_id]
-            queue.in_flight = count
-            queue.paced = count >= self.flush_frames and self.pace_s > 0
+            queue.start_batch(count, paced=count >= self.flush_frames and self.pace_s > 0)
             self._ready -= waiting  # the rest waits until this batch is released
             batch.extend(islice(queue.frames, count))
         if not self._ready:
@@ -195,12 +218,8 @@ class WriteBuffer:
         its frames, let those sessions into the next batch, wake waiting mirrors."""
         for session_id, count in _counts(batch).items():
             queue = self._queues[session_id]
-            for _ in range(count):
-                size = len(queue.frames.popleft().text)
-                queue.bytes -= size
-                self._bytes -= size
+            self._bytes -= queue.drop_stored(count)
             self._frames -= count
-            queue.in_flight = 0
             if queue.paced and queue.frames:
                 asyncio.get_running_loop().call_later(self.pace_s, self._unpace, session_id)
             else:
@@ -227,8 +246,7 @@ class WriteBuffer:
             self._settle(session_id, queue)
 
     def _settle(self, session_id: uuid.UUID, queue: SessionQueue) -> None:
-        queue.in_flight = 0
-        queue.paced = False
+        queue.settle()
         if not queue.frames:
             del self._queues[session_id]
             return

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from hub import metrics
-from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
+from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode, kind_of
 from hub.live.buffer import WriteBuffer
 from hub.live.cluster import Cluster
 from hub.live.gaps import GapFiller
@@ -169,13 +169,12 @@ class Intake:
             if refusal is not None:
                 return refusal
             text = encode(frame).decode()
-            is_task = isinstance(frame, TaskFrame)
             live.accepted(frame.seq)
             self._buffer.put(
                 PendingFrame(
                     session_id=live.id,
                     seq=frame.seq,
-                    kind="task" if is_task else "metrics",
+                    kind=kind_of(frame),
                     task_id=frame.task_id,
                     device_ts=frame.ts,
                     received_at=received_at,

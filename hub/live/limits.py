@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from hub.frames import Frame, MetricsFrame, ProtocolError
+from hub.frames import Frame, MetricsFrame, ProtocolError, TaskFrame
 
 # What a snapshot spends on a task besides its metrics (id, status, times, JSON syntax), and
 # on one metric entry besides its name (quotes, colon, the longest number, a comma). The
@@ -45,6 +45,8 @@ def refusal(
         return _metrics_refusal(
             frame.seq, latest, frame.values, 0, limits, False, metric_names, state_bytes
         )
+    if not isinstance(frame, TaskFrame):
+        return None  # a frame that adds nothing to the snapshot's state has no limit here
     task = tasks.get(str(frame.task_id))
     if task is None:
         if len(tasks) >= limits.tasks:

@@ -179,6 +179,8 @@ class Room:
         """Why `frame` would take this session past `limits`, or None: it fits. Checked where
         the mirror's frames are accepted (before `offer`), so a frame over a limit is never
         stored or published; other nodes' rooms take what that node accepted."""
+        if type(frame) is MetricsFrame and frame.values.keys() <= self.latest.keys():
+            return None  # the usual frame, answered without a call: new values of known names
         return refusal(frame, limits, self.latest, self.tasks, self.metric_names, self.state_bytes)
 
     def trim(self, stored_seq: int) -> None:

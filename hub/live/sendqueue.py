@@ -64,6 +64,15 @@ class SendQueue:
         self.ready.set()
         return True
 
+    def wake(self) -> None:
+        """Wake the writer with nothing new queued (a mirror's ack is due)."""
+        self.ready.set()
+
+    async def wait_ready(self) -> None:
+        """For the writer: wait until there is something to do (a text, an ack, a close)."""
+        await self.ready.wait()
+        self.ready.clear()
+
     def pop(self) -> str:
         """The oldest queued text, for the writer."""
         text = self.items.popleft()

@@ -97,7 +97,7 @@ class MirrorLink:
         if seq > self.acked:
             self.acked = seq
             self.acked_at = time.perf_counter()
-            self.outbox.ready.set()
+            self.outbox.wake()
 
 
 class LiveSession:

@@ -26,6 +26,7 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hub.schemas import AuditOut
@@ -224,6 +225,15 @@ class AuditLog:
             "action": [r.action for r in batch],
             "session_id": [r.session_id for r in batch],
         }
+        try:
+            async with self._engine.connect() as conn:
+                return set((await conn.execute(_INSERT, params)).scalars())
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        # The pooled connection had died with its server (restarted within the pool's idle
+        # ping window); SQLAlchemy has dropped the pool's connections: one more try on a new
+        # one, before a durable record's caller is refused.
         async with self._engine.connect() as conn:
             return set((await conn.execute(_INSERT, params)).scalars())
 

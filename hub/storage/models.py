@@ -154,3 +154,20 @@ class AuditEntry(Base):
     role: Mapped[str] = mapped_column(String(20))
     action: Mapped[str] = mapped_column(String(40))
     session_id: Mapped[uuid.UUID | None]
+
+
+class ConsoleSession(Base):
+    """A therapist's sign-in to the console: the browser holds a random secret in a cookie,
+    the hub only its SHA-256 (`id`), so a copy of this table opens no console."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    # The `jti` of the login code that opened it: unique, so each code opens one session.
+    login_code: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -247,13 +247,13 @@ async def test_documented_errors_are_what_the_api_answers(
 
 
 async def real_ids(client: httpx.AsyncClient, names: dict[str, str]) -> dict[str, str]:
-    """Ids of a session and a task that exist, for the path parameters in `names`."""
-    session = await client.post("/sessions", json={"child_name": "Ids"})
+    """Ids of a session, a task and a child that exist, for the path parameters in `names`."""
+    session = await client.post("/sessions", json={"child_name": "Ids", "child_ref": "child-ids"})
     assert session.status_code == 201, session.text
     session_id = session.json()["id"]
     task = await client.post(f"/sessions/{session_id}/tasks", json={"task_name": "x"})
     assert task.status_code == 201, task.text
-    real = {"session_id": session_id, "task_id": task.json()["id"]}
+    real = {"session_id": session_id, "task_id": task.json()["id"], "child_ref": "child-ids"}
     return {name: real[name] for name in names}
 
 

@@ -130,9 +130,14 @@ class World:
         }[role]
 
 
+MATRIX_CHILD = "child-matrix"  # the child_ref of the world's own session
+
+
 async def make_world(base: str) -> World:
     async with httpx.AsyncClient(base_url=base, headers=bearer(token("therapist"))) as http:
-        own = await http.post("/sessions", json={"child_name": "Matrix Child"})
+        own = await http.post(
+            "/sessions", json={"child_name": "Matrix Child", "child_ref": MATRIX_CHILD}
+        )
         other = await http.post("/sessions", json={"child_name": "Other Child"})
         assert own.status_code == other.status_code == 201, (own.text, other.text)
         session_id = own.json()["id"]
@@ -212,7 +217,7 @@ class Endpoint:
     query: str = ""
 
     def url(self, world: World) -> str:
-        url = self.path.format(session=world.session_id, task=world.task_id)
+        url = self.path.format(session=world.session_id, task=world.task_id, child_ref=MATRIX_CHILD)
         return f"{url}?{self.query}" if self.query else url
 
 
@@ -233,6 +238,7 @@ HTTP_MATRIX = [
     Endpoint("GET", "/sessions/{session}/report", STAFF),
     Endpoint("GET", "/sessions/{session}/frames.csv", STAFF),
     Endpoint("GET", "/sessions/{session}/fhir", STAFF),
+    Endpoint("GET", "/children/{child_ref}/progress", STAFF),
     Endpoint("DELETE", "/sessions/{session}", ADMIN),
     Endpoint("GET", "/sessions/{session}", SESSION_SCOPED),
     Endpoint("POST", "/sessions/{session}/tasks", SESSION_SCOPED_CREATE, {"task_name": "squat"}),

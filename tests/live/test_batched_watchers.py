@@ -214,6 +214,9 @@ async def test_stalled_protocol_2_watcher_is_cut_off_with_4008_and_resumes(
         max_size=2**23,
     )
     await send(stalled, {"type": "hello", "token": token("therapist"), "protocol": 2})
+    # The welcome follows the join (after the watch's audit row commits): from then on every
+    # frame is queued for this watcher, which reads nothing more until the mirror is done.
+    assert (await recv(stalled, timeout=10))["type"] == "welcome"
     frames = 1500
     async with open_client(hub.ws, session_id, "mirror") as (mirror, _):
         for seq in range(1, frames + 1):

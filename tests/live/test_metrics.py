@@ -168,6 +168,9 @@ async def test_a_lagging_watcher_is_counted(start_hub: StartHub) -> None:
         f"{hub.ws}/ws/sessions/{session_id}/watch", sock=sock, max_queue=1, compression=None
     )
     await send(stalled, {"type": "hello", "token": token("therapist")})
+    # The welcome follows the join (after the watch's audit row commits): from then on every
+    # frame is queued for this watcher. It is the last message this client reads.
+    assert (await recv(stalled, timeout=10))["type"] == "welcome"
     try:
         values = {f"joint_{i}": float(i) for i in range(190)}  # ~5 KB frames fill buffers fast
         async with open_client(hub.ws, session_id, "mirror") as (mirror, _):

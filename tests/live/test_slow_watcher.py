@@ -53,6 +53,9 @@ async def test_stalled_watcher_is_cut_off_and_resumes(
         f"{hub.ws}/ws/sessions/{session_id}/watch", sock=sock, max_queue=1, compression=None
     )
     await send(stalled, {"type": "hello", "token": token("therapist")})
+    # The welcome follows the join (after the watch's audit row commits): from then on every
+    # frame is queued for this watcher, which reads nothing more until the mirror is done.
+    assert (await recv(stalled, timeout=10))["type"] == "welcome"
 
     latencies: list[float] = []
 

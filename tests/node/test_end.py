@@ -215,9 +215,9 @@ async def test_resume_with_since_while_the_end_is_pending_gets_frames_then_one_e
 async def test_end_pending_when_the_room_is_dropped_ends_on_the_fresh_load(
     start_node: StartNode, new_session: NewSession, node_behind_proxy: StartBehindProxy
 ) -> None:
-    """B's room misses frame 1 when `e` arrives (end pending), and B's storage is
-    down, so its gap filler gives up: `_lost_track` closes the watcher with 4009 (no frame
-    of the gap, no `ended` before them) and drops the room. The resume loads the session
+    """B's room misses frame 1 when `e` arrives (end pending), and B's storage is down, so
+    its gap filler gives up: the node loses track, closes the watcher with 4009 (no frame of
+    the gap, no `ended` before them) and drops the room. The resume loads the session
     afresh: ended, at seq 3, so the endpoint sends the catch-up and then `ended` at join."""
     node_a = await start_node()
     node_b, proxy = await node_behind_proxy(node_a, backplane_gap_timeout_ms=100)

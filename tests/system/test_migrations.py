@@ -19,7 +19,15 @@ from hub.storage.models import Base
 from tests.support import ROOT
 from tests.support.database import admin_sql, upgrade
 
-TABLES = {"sessions", "tasks", "metrics", "frames", "audit_log", "alembic_version"}
+TABLES = {
+    "sessions",
+    "tasks",
+    "metrics",
+    "frames",
+    "audit_log",
+    "console_sessions",
+    "alembic_version",
+}
 
 
 @pytest.fixture

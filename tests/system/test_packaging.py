@@ -36,6 +36,8 @@ SHIPPED = (
     "hub/static/docs/swagger-ui/",
     "hub/static/watch/",
     "hub/py.typed",
+    # The embedded PostgreSQL's keeper runs as `python -m hub.storage.embedded`.
+    "hub/storage/embedded/__main__.py",
 )
 
 

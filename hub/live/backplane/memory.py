@@ -17,6 +17,20 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.subscribers: defaultdict[str, set[MemoryBackplane]] = defaultdict(set)
 
+    def subscribe(self, channel: str, node: MemoryBackplane) -> None:
+        self.subscribers[channel].add(node)
+
+    def unsubscribe(self, channel: str, node: MemoryBackplane) -> None:
+        subscribers = self.subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(node)
+            if not subscribers:
+                del self.subscribers[channel]
+
+    def subscribers_of(self, channel: str) -> list[MemoryBackplane]:
+        """The nodes subscribed to `channel` now (a copy)."""
+        return list(self.subscribers.get(channel, ()))
+
 
 class MemoryBackplane:
     max_message_bytes = 1 << 30
@@ -36,21 +50,17 @@ class MemoryBackplane:
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
-        self.broker.subscribers[channel].add(self)
+        self.broker.subscribe(channel, self)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
-        subscribers = self.broker.subscribers.get(channel)
-        if subscribers is not None:
-            subscribers.discard(self)
-            if not subscribers:
-                del self.broker.subscribers[channel]
+        self.broker.unsubscribe(channel, self)
 
     def publish(self, channel: str, message: str) -> None:
         # Delivered from the event loop, not from inside the publisher's call, as a real
         # transport would: the publisher's state is consistent by then. call_soon keeps order.
         loop = self._loop or asyncio.get_running_loop()
-        for node in list(self.broker.subscribers.get(channel, ())):
+        for node in self.broker.subscribers_of(channel):
             if node._on_message is not None:
                 loop.call_soon(node._on_message, channel, message)
 

@@ -202,6 +202,10 @@ class Outbox:
         self._queue.append((channel, message, size))
         self._wake.set()
 
+    def drop(self, reason: str) -> None:
+        """A message its backplane refused before `put`: counted and logged with the rest."""
+        self.drops.add(1, reason)
+
     def retry_now(self) -> None:
         """The transport is back (the backplane's receiving side reconnected): send the next
         batch at once. A send failing meanwhile was on the old connection; it sets no delay."""

@@ -149,7 +149,7 @@ class PostgresBackplane:
     def publish(self, channel: str, message: str) -> None:
         if not 0 < utf8_length(channel) <= MAX_CHANNEL_BYTES:
             # pg_notify would reject it and, with it, the whole batch.
-            self._outbox.drops.add(1, "invalid channel name")
+            self._outbox.drop("invalid channel name")
             return
         self._outbox.put(channel, message)
 
