@@ -120,7 +120,7 @@ async def scenario_lobby(args: argparse.Namespace, targets: list[Target]) -> dic
             f" {r.p99_ms:.1f} ms, lost {r.lost}; overview updates {lobbies.updates}"
             f" ({lobbies.updates / max(r.wall_s, 1e-9):.0f}/s), errors {lobbies.errors};"
             f" staleness p99 {p99:.0f} ms (target <= {limit_ms:.0f} ms:"
-            f" {'met' if p99 <= limit_ms else 'MISSED'})"
+            f" {'n/a' if not lobbies.count else 'met' if p99 <= limit_ms else 'MISSED'})"
         )
         summary[target.name] = {"result": r, "staleness_p99_ms": p99, "updates": lobbies.updates}
     return summary
