@@ -9,6 +9,7 @@
     python benchmarks/live_bench.py clinic --target hub,hub@HEAD~5 --seconds 20
     python benchmarks/live_bench.py clinic --target hub-p2,hub,hub@HEAD~5   # protocol 2 watchers
     python benchmarks/live_bench.py max --target hub --watcher-protocol 2
+    python benchmarks/live_bench.py lobby --target hub --watcher-protocol 2   # + 20 lobbies
 
 Every run starts a fresh server process (`hub serve`, or benchmarks/baseline_app.py: one
 transaction per frame before broadcasting) on a fresh database `bench_<random>` created on
@@ -108,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " baseline: the default of clinic, max and all; scaleout's is hub,hub-postgres,hub-redis);"
         " a hub target with @REF (hub@HEAD~5) runs the hub of git commit REF",
     )
+    parser.add_argument("--lobbies", type=int, default=20, help="lobby: /ws/watch connections")
+    parser.add_argument("--overview-hz", type=int, default=4, help="lobby: overview_hz")
     parser.add_argument("--steps", help=f"max: comma-separated S steps (default {MAX_STEPS})")
     parser.add_argument(
         "--database-url",

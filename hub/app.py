@@ -27,6 +27,7 @@ from hub.endpoints.errors import HTTPError, error_response
 from hub.endpoints.guard import guard
 from hub.endpoints.mirror_ws import mirror_endpoint
 from hub.endpoints.responses import json_response
+from hub.endpoints.watch_many import watch_many_endpoint
 from hub.endpoints.watch_ws import watch_endpoint
 from hub.live.node import LiveHub
 from hub.openapi import build_openapi
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(Route("/metrics", scrape, methods=["GET"], include_in_schema=False))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/mirror", mirror_endpoint))
     routes.append(WebSocketRoute("/ws/sessions/{session_id}/watch", watch_endpoint))
+    routes.append(WebSocketRoute("/ws/watch", watch_many_endpoint))
     routes.extend(watch_page.routes)
     routes.extend(client_assets.routes)
     routes.extend(console_auth.routes)

@@ -53,6 +53,8 @@ class Hello(Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
     since: Annotated[int, Meta(ge=0)] | None = None
     protocol: int = PROTOCOL_VERSION
     max_delay_ms: Annotated[int, Meta(ge=0, le=3_600_000)] | None = None
+    # `/ws/watch` only: overview updates a second per session (capped by the hub).
+    overview_hz: Annotated[int, Meta(ge=1, le=1000)] | None = None
 
 
 class MetricsFrame(
@@ -154,6 +156,38 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
     )
 
 
+# Client → hub on `/ws/watch` (after hello) -------------------------------------------------
+
+LOBBY = "*"  # the `session_id` of the lobby feed: sessions going live and ending
+
+
+class Subscribe(Struct, tag="subscribe", tag_field="type", forbid_unknown_fields=True):
+    session_id: Annotated[str, Meta(max_length=64)]  # a session's UUID, or LOBBY
+    since: Annotated[int, Meta(ge=0)] | None = None
+    mode: Literal["full", "overview"] = "full"
+    overview_hz: Annotated[int, Meta(ge=1, le=1000)] | None = None
+
+
+class Unsubscribe(Struct, tag="unsubscribe", tag_field="type", forbid_unknown_fields=True):
+    session_id: Annotated[str, Meta(max_length=64)]
+
+
+WatchMessage = Subscribe | Unsubscribe
+_watch_decoder: msgspec.json.Decoder[WatchMessage] = msgspec.json.Decoder(WatchMessage)
+
+
+def decode_watch_message(data: str) -> WatchMessage:
+    """A `/ws/watch` client's message after hello; ProtocolError says what is wrong."""
+    try:
+        return _watch_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(
+            "invalid_message", f"expected subscribe or unsubscribe: {exc}"
+        ) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError("malformed_json", f"message is not valid JSON: {exc}") from None
+
+
 def frames_of(message: Frame | Batch) -> list[Frame]:
     return message.frames if isinstance(message, Batch) else [message]
 
@@ -217,6 +251,15 @@ class Snapshot(Struct, tag="snapshot", tag_field="type"):
     presence: Presence
     last_seq: int
     ended: bool
+
+
+class SessionError(Struct, tag="error", tag_field="type", omit_defaults=True):
+    """`/ws/watch`: about one subscription (`unknown`, `forbidden`, `cap`, `resync` …)."""
+
+    session_id: str
+    code: str
+    message: str
+    last_seq: int | None = None  # on `resync`: the last seq delivered; resume with since
 
 
 def error_message(exc: ProtocolError) -> bytes:

@@ -157,6 +157,12 @@ class Settings:
     # The most a protocol 2 watcher may ask its frames to wait, to share a batch (its
     # `max_delay_ms`, which defaults to 0: send at once; 1 all but forbids waiting).
     watcher_max_delay_ms: int = 1_000
+    # `/ws/watch`: subscriptions per connection, and the bytes queued for one connection in
+    # all (each subscription may queue its share, at most `watcher_queue_bytes`).
+    watch_max_subscriptions: int = 200
+    watch_max_queued_bytes: int = 16_777_216
+    # The most overview updates a second a client may ask for, per session.
+    overview_max_hz: int = 20
     # Acks one mirror gets a second at most; each carries the newest committed seq.
     ack_max_hz: int = 20
     # Recent frames each live session keeps in memory for replay on `since`, at most this
@@ -270,6 +276,13 @@ class Settings:
             watcher_queue_frames=_int(env, "HUB_WATCHER_QUEUE_FRAMES", cls.watcher_queue_frames),
             watcher_queue_bytes=_int(env, "HUB_WATCHER_QUEUE_BYTES", cls.watcher_queue_bytes),
             watcher_max_delay_ms=_int(env, "HUB_WATCHER_MAX_DELAY_MS", cls.watcher_max_delay_ms),
+            watch_max_subscriptions=_int(
+                env, "HUB_WATCH_MAX_SUBSCRIPTIONS", cls.watch_max_subscriptions
+            ),
+            watch_max_queued_bytes=_int(
+                env, "HUB_WATCH_MAX_QUEUED_BYTES", cls.watch_max_queued_bytes
+            ),
+            overview_max_hz=_int(env, "HUB_OVERVIEW_MAX_HZ", cls.overview_max_hz),
             ack_max_hz=_int(env, "HUB_ACK_MAX_HZ", cls.ack_max_hz),
             replay_frames=_int(env, "HUB_REPLAY_FRAMES", cls.replay_frames),
             replay_bytes=_int(env, "HUB_REPLAY_BYTES", cls.replay_bytes),

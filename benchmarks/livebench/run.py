@@ -22,6 +22,7 @@ import asyncpg
 import psutil
 
 from .load import Generator
+from .lobby import Lobbies
 from .process import Process, file_safe
 from .report import progress, report_log_warnings
 from .results import Load, Result
@@ -104,8 +105,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-async def run_once(target: Target, load: Load, args: argparse.Namespace) -> Result:
-    """One run: fresh database, fresh server process(es), connect, stream, drain, measure."""
+async def run_once(
+    target: Target, load: Load, args: argparse.Namespace, lobbies: Lobbies | None = None
+) -> Result:
+    """One run: fresh database, fresh server process(es), connect, stream, drain, measure.
+    `lobbies`: `/ws/watch` overview connections on every session besides (scenario lobby)."""
     admin_url, profile = args.database_url, args.py_spy
     if args.quiet_wait > 0:
         await wait_until_quiet(args.quiet_wait)
@@ -132,6 +136,9 @@ async def run_once(target: Target, load: Load, args: argparse.Namespace) -> Resu
             )
             generator = Generator(server, load, args.client)
             await generator.connect_all(session_ids)
+            if lobbies is not None:
+                hello = server.hello("watcher", session_ids[0])
+                await lobbies.open(server.watch_port, hello, session_ids, generator.sent())
             result = await measure(
                 target.name, load, server, generator, database, profile, args.py_spy_native
             )
@@ -150,6 +157,8 @@ async def run_once(target: Target, load: Load, args: argparse.Namespace) -> Resu
         return result
     finally:
         try:
+            if lobbies is not None:
+                await lobbies.close()
             if generator is not None:
                 await generator.close()
             if server is not None:

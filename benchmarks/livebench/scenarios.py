@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .lobby import Lobbies
 from .report import (
     describe,
     pin_note,
@@ -93,12 +94,49 @@ async def scenario_max(args: argparse.Namespace, targets: list[Target]) -> dict[
     return summary
 
 
+async def scenario_lobby(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
+    """S sessions x R Hz with W full watchers each, plus 20 `/ws/watch` connections each
+    subscribed to every session in overview mode (4 Hz): the hub's CPU and the overviews'
+    staleness. Targets without `/ws/watch` (the baseline, older hubs) are skipped."""
+    load = load_from(args, args.sessions or 100, args.seconds or 20.0, min_drain=10.0)
+    if args.watchers is None:
+        load.watchers = 1
+    summary: dict[str, Any] = {}
+    for target in targets:
+        if target.name != "hub":
+            progress(f"lobby: {target.name} has no /ws/watch; skipped")
+            continue
+        lobbies = Lobbies(args.lobbies, args.overview_hz)
+        progress(
+            f"lobby: {target.name}, S={load.sessions} R={load.rate:g} W={load.watchers}"
+            f" + {lobbies.count} lobbies x {load.sessions} overviews at {lobbies.hz} Hz …"
+        )
+        r = await run_once(target, load, args, lobbies)
+        progress(f"  {describe(r)}")
+        limit_ms = 2000 / lobbies.hz
+        p99 = lobbies.p99_ms()
+        print(
+            f"lobby ({target.name}): hub CPU {r.server_cpu_util:.2f} s/s; full watchers p99"
+            f" {r.p99_ms:.1f} ms, lost {r.lost}; overview updates {lobbies.updates}"
+            f" ({lobbies.updates / max(r.wall_s, 1e-9):.0f}/s), errors {lobbies.errors};"
+            f" staleness p99 {p99:.0f} ms (target <= {limit_ms:.0f} ms:"
+            f" {'n/a' if not lobbies.count else 'met' if p99 <= limit_ms else 'MISSED'})"
+        )
+        summary[target.name] = {"result": r, "staleness_p99_ms": p99, "updates": lobbies.updates}
+    return summary
+
+
 Scenario = Callable[[argparse.Namespace, list[Target]], Awaitable[Any]]
-SCENARIOS: dict[str, Scenario] = {"clinic": scenario_clinic, "max": scenario_max}
+SCENARIOS: dict[str, Scenario] = {
+    "clinic": scenario_clinic,
+    "max": scenario_max,
+    "lobby": scenario_lobby,
+}
 # What each name on the command line runs, in order.
 RUNS: dict[str, tuple[str, ...]] = {
     "clinic": ("clinic",),
     "max": ("max",),
+    "lobby": ("lobby",),
     "all": ("clinic", "max"),
     "scaleout": ("clinic", "max"),
 }

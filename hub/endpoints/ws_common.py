@@ -62,16 +62,61 @@ async def handshake(
 ) -> tuple[uuid.UUID, Hello, Principal] | None:
     """Check the Origin, accept, read `hello`, check its credential for this session.
     On failure the socket is closed (or the upgrade refused) and None returned."""
-    if not origin_allowed(websocket, ctx.settings):
-        # Before accept, a close is answered as HTTP 403 to the upgrade request.
-        await websocket.close(closecodes.POLICY.code, "origin not allowed")
+    if not await _accept(websocket, ctx):
         return None
-    await websocket.accept()
     try:
         session_id = uuid.UUID(websocket.path_params["session_id"])
     except ValueError:
         await close(websocket, closecodes.UNKNOWN_SESSION, "session id is not a UUID")
         return None
+    spoken = (PROTOCOL_VERSION, PROTOCOL_BATCHED) if role == "watcher" else (PROTOCOL_VERSION,)
+    hello = await _hello(websocket, ctx, ticket, spoken)
+    if hello is None:
+        return None
+    principal = await _admit(websocket, ctx, ticket, _authorize(ctx, hello, role, session_id))
+    return None if principal is None else (session_id, hello, principal)
+
+
+async def handshake_many(
+    websocket: WebSocket, ctx: HubContext, ticket: Ticket
+) -> tuple[Hello, Principal] | None:
+    """`/ws/watch`: as `handshake`, protocol 2 only, for any valid credential (what it may
+    watch is checked per subscription)."""
+    if not await _accept(websocket, ctx):
+        return None
+    hello = await _hello(websocket, ctx, ticket, (PROTOCOL_BATCHED,))
+    if hello is None:
+        return None
+    principal = await _admit(websocket, ctx, ticket, _authorize(ctx, hello, "subscriber", None))
+    return None if principal is None else (hello, principal)
+
+
+async def _accept(websocket: WebSocket, ctx: HubContext) -> bool:
+    if not origin_allowed(websocket, ctx.settings):
+        # Before accept, a close is answered as HTTP 403 to the upgrade request.
+        await websocket.close(closecodes.POLICY.code, "origin not allowed")
+        return False
+    await websocket.accept()
+    return True
+
+
+async def _admit(
+    websocket: WebSocket, ctx: HubContext, ticket: Ticket, principal: Principal | str
+) -> Principal | None:
+    """The principal once its credential passed and the connection counts as
+    authenticated; None (and the socket closed) otherwise."""
+    if isinstance(principal, str):
+        await close(websocket, closecodes.POLICY, principal)
+        return None
+    if not ctx.live.admission.authenticate(ticket):
+        await close(websocket, closecodes.TOO_MANY_CONNECTIONS)
+        return None
+    return principal
+
+
+async def _hello(
+    websocket: WebSocket, ctx: HubContext, ticket: Ticket, spoken: tuple[int, ...]
+) -> Hello | None:
     message = await _first_message(websocket, ticket, ctx.settings.hello_timeout_s)
     if message is None:
         if ticket.evicted.is_set():
@@ -93,7 +138,6 @@ async def handshake(
         await send_error(websocket, exc)
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
-    spoken = (PROTOCOL_VERSION, PROTOCOL_BATCHED) if role == "watcher" else (PROTOCOL_VERSION,)
     if isinstance(hello, Hello) and hello.protocol not in spoken:
         versions = " or ".join(map(str, spoken))
         await send_error(
@@ -108,14 +152,7 @@ async def handshake(
         )
         await close(websocket, closecodes.PROTOCOL_ERROR, "first message must be hello")
         return None
-    principal = _authorize(ctx, hello, role, session_id)
-    if isinstance(principal, str):
-        await close(websocket, closecodes.POLICY, principal)
-        return None
-    if not ctx.live.admission.authenticate(ticket):
-        await close(websocket, closecodes.TOO_MANY_CONNECTIONS)
-        return None
-    return session_id, hello, principal
+    return hello
 
 
 async def _first_message(websocket: WebSocket, ticket: Ticket, timeout_s: float) -> Message | None:
@@ -134,7 +171,10 @@ async def _first_message(websocket: WebSocket, ticket: Ticket, timeout_s: float)
 
 
 def _authorize(
-    ctx: HubContext, hello: Hello, role: Literal["mirror", "watcher"], session_id: uuid.UUID
+    ctx: HubContext,
+    hello: Hello,
+    role: Literal["mirror", "watcher", "subscriber"],
+    session_id: uuid.UUID | None,
 ) -> Principal | str:
     """The Principal, or a short reason for closing with 1008."""
     if ctx.tokens is None:
@@ -145,7 +185,7 @@ def _authorize(
         principal = ctx.tokens.verify(hello.token)
     except AuthError as exc:
         return str(exc)  # `close` trims it to the 123 bytes a close reason may have
-    if role == "mirror" and not principal.may_write(session_id):
+    if role == "mirror" and (session_id is None or not principal.may_write(session_id)):
         return "not this session's mirror"
     if role == "watcher" and principal.role not in ("admin", "therapist"):
         return "watching needs a therapist or admin credential"

@@ -31,6 +31,7 @@ from hub.live.flusher import Flusher
 from hub.live.gaps import GapFiller
 from hub.live.intake import NO_TASKS, Intake
 from hub.live.limits import Limits
+from hub.live.lobby import Lobby
 from hub.live.peers import Peers
 from hub.live.registry import Registry, SessionUnavailable
 from hub.live.sendqueue import Watcher
@@ -111,6 +112,7 @@ class LiveHub:
             settings.max_connections_per_client,
             settings.max_unauthenticated_per_client,
         )
+        self.lobby = Lobby()  # the lobby feed's hooks: live, presence, ended
         self.accepting = True
         self._connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
         self._shutdown_done: asyncio.Future[None] | None = None
@@ -143,10 +145,13 @@ class LiveHub:
     # Mirrors (see `Intake`) ------------------------------------------------------------
 
     async def attach_mirror(self, live: LiveSession) -> MirrorLink:
-        return await self.intake.attach_mirror(live)
+        link = await self.intake.attach_mirror(live)
+        self.lobby.went_live(live)
+        return link
 
     def detach_mirror(self, live: LiveSession, link: MirrorLink) -> None:
         self.intake.detach_mirror(live, link)
+        self.lobby.presence(live)
 
     async def admit(
         self, live: LiveSession, frames: Sequence[Frame], size: int
@@ -183,6 +188,7 @@ class LiveHub:
         live.room.update_session(ended_at=ended_at)
         ended = encode(Ended(last_seq=last_seq)).decode()
         live.room.close_watchers(closecodes.NORMAL, "session ended", flush=True, last=ended)
+        self.lobby.ended(live, last_seq)
 
     def publish(
         self, live: LiveSession, seq: int, text: str | None, frame: Frame | None = None
@@ -247,11 +253,13 @@ class LiveHub:
         live.broadcast_presence(joining=1)
         live.room.add_watcher(watcher)
         self.peers.announce(live)
+        self.lobby.presence(live)
 
     def leave(self, live: LiveSession, watcher: Watcher) -> None:
         live.room.remove_watcher(watcher)
         live.broadcast_presence()
         self.peers.announce(live)
+        self.lobby.presence(live)
 
     def task_results(
         self, session_id: uuid.UUID, task_id: uuid.UUID, values: dict[str, float]
@@ -322,6 +330,7 @@ class LiveHub:
                 reason = "hub shutting down; resend unacked frames" if unstored else ""
                 live.close_mirror(closecodes.RESTART, reason, flush=True)
                 live.room.close_watchers(closecodes.RESTART, flush=True)
+            self.lobby.close(closecodes.RESTART)
             if self._connections:
                 await asyncio.wait(list(self._connections), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
             for live in self.sessions:  # the other nodes need not wait for expiry

@@ -145,7 +145,7 @@ class Room:
         elif isinstance(frame, TaskFrame):
             self._apply_task(frame)
         for watcher in self.watchers:
-            watcher.deliver(seq, text)
+            watcher.deliver(seq, text, frame)
 
     def _apply_task(self, frame: TaskFrame) -> None:
         # In place: a frame costs what it changes, never a copy of the task's state.

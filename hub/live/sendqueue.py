@@ -14,8 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from hub import closecodes
+
+if TYPE_CHECKING:
+    from hub.frames import Frame
 
 # The default byte bound, for callers (tests) that give only the message bound.
 DEFAULT_QUEUE_BYTES = 1 << 20
@@ -115,6 +119,7 @@ class Watcher:
         # see the mirror resend frames the watcher got before): skip them.
         self.skip_upto = since or 0
 
-    def deliver(self, seq: int, text: str) -> None:
+    def deliver(self, seq: int, text: str, frame: Frame | None = None) -> None:
+        """Frame `seq` (`frame`: decoded, when the room has it; an overview needs it)."""
         if seq > self.skip_upto:
             self.outbox.push(text, True)
