@@ -90,8 +90,10 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         connected = time.monotonic()
         await tile.wait_for(timeout=5_000)
         appeared = time.monotonic() - connected
+        print(f"tile appeared {appeared:.3f} s after the mirror connected")
         assert appeared < 1.0, f"tile appeared {appeared:.2f} s after the mirror connected"
         await expect(tile.locator("h3")).to_have_text("Ada")
+        await expect(page.locator("#lobby-news")).to_have_text("Ada: session live")
         await expect(tile).to_have_attribute("data-state", "live")
         await expect(tile.locator(".state")).to_contain_text("Mirror connected")
         await expect(tile.locator(".task")).to_have_text("No task yet")
@@ -147,6 +149,7 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         await mirror.send_task(task_id, "raise_hand", "finished", "success", 12.0)
         await mirror.end(timeout=30)
         await expect(tile).to_have_count(0, timeout=5_000)
+        await expect(page.locator("#lobby-news")).to_have_text("Ada: session ended")
         row = page.locator(f"#today tr[data-session='{session_id}']")
         await expect(row.locator("td").nth(3)).to_have_text("ended", timeout=5_000)
         await expect(page.locator("#lobby .tile")).to_have_count(1)

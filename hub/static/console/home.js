@@ -26,17 +26,18 @@ async function todays(section) {
 
 run(async () => {
   const catalogue = await Catalogue.load();
-  const grid = h("ul", { class: "tiles", id: "lobby", "aria-live": "polite", "data-count": "0" });
+  const grid = h("ul", { class: "tiles", id: "lobby", "data-count": "0" });
+  const news = h("p", { class: "sr", role: "status", id: "lobby-news" });
   const empty = h("p", { class: "hint" }, "No live sessions right now; they appear here as ",
     "soon as a mirror connects.");
   const today = h("section", { id: "today" });
   main().append(h("section", { "aria-labelledby": "live-heading" },
-    h("h2", { id: "live-heading" }, "Live sessions"), empty, grid), today);
+    h("h2", { id: "live-heading" }, "Live sessions"), news, empty, grid), today);
   await todays(today);
   status("");
   // Today's list follows the lobby: reloaded (once per burst) when a session comes or ends.
   let reload = null;
-  const lobby = new Lobby(grid, catalogue, () => {
+  const lobby = new Lobby(grid, news, catalogue, () => {
     clearTimeout(reload);
     reload = setTimeout(() => todays(today)
       .catch((error) => status(`Could not reload today's sessions: ${error.message}`)), 200);

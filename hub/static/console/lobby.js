@@ -18,9 +18,11 @@ function mirrorWords(tile, hubLost, now) {
 }
 
 export class Lobby {
-  /** `grid` receives the tiles; `onChange()` hears of each session that comes or ends. */
-  constructor(grid, catalogue, onChange) {
+  /** `grid` receives the tiles, `news` (a status region) their comings and goings;
+   * `onChange()` hears of each session that comes or ends. */
+  constructor(grid, news, catalogue, onChange) {
     this.grid = grid;
+    this.news = news;
     this.catalogue = catalogue;
     this.onChange = onChange;
     this.tiles = new Map(); // session_id → tile state
@@ -119,6 +121,7 @@ export class Lobby {
       this.tiles.set(id, tile);
       this.grid.append(tile.el);
       this.grid.dataset.count = String(this.tiles.size);
+      this.announce(`${tile.name}: session live`);
       this.onChange();
     } else if (session) {
       tile.session = session;
@@ -162,15 +165,23 @@ export class Lobby {
     const tile = this.tiles.get(id);
     if (!tile) return;
     this.drop(id);
+    this.announce(`${tile.name}: session ended`);
     this.onChange();
+  }
+
+  /** Arrivals and ends for screen readers (the tiles themselves tick every second, so they
+   * are not a live region). */
+  announce(text) {
+    this.news.textContent = text;
   }
 
   drop(id) {
     const tile = this.tiles.get(id);
     if (!tile) return;
+    // No unsubscribe: an ended session's subscription is over on the hub already, and an
+    // unknown one never started.
     this.tiles.delete(id);
     this.subscribed.delete(id);
-    this.send({ type: "unsubscribe", session_id: id });
     tile.el.remove();
     this.grid.dataset.count = String(this.tiles.size);
   }
@@ -197,7 +208,8 @@ class TileState {
     this.ageEl = h("p", { class: "age" });
     this.taskEl = h("p", { class: "task" });
     this.valuesEl = h("dl", { class: "values" });
-    const name = this.session.child_name || this.session.child_ref || id;
+    this.name = this.session.child_name || this.session.child_ref || id;
+    const name = this.name;
     this.el = h("li", { class: "tile", "data-session": id },
       h("a", { href: `/console/live/${id}` }, h("h3", {}, name)),
       this.session.child_ref ? h("p", { class: "ref" }, this.session.child_ref) : null,
