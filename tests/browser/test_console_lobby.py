@@ -80,6 +80,7 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         await other.start()
         await other.send_metrics({"stability": 0.55, "sway_cm": 4.2})
         await other.send_metrics({"stability": 0.62, "sway_cm": 3.6})
+        await page.locator(f"#lobby .tile[data-session='{other_id}']").wait_for(timeout=5_000)
 
         session_id = await create_session(hub.http, child_name="Ada", child_ref="child-0042")
         tile = page.locator(f"#lobby .tile[data-session='{session_id}']")
