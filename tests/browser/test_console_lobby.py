@@ -74,7 +74,7 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         assert await page.locator("#lobby .tile").count() == 0
 
         # A quiet second session first, so the picture has more than one tile.
-        other_id = await create_session(hub.http, child_name="Ben", child_ref="child-0007")
+        other_id = await create_session(hub.http, child_name="Ben", child_ref="child-0107")
         other = MirrorClient(hub.http, other_id, token=token("mirror", other_id))
         mirrors.append(other)
         await other.start()
@@ -82,7 +82,7 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         await other.send_metrics({"stability": 0.62, "sway_cm": 3.6})
         await page.locator(f"#lobby .tile[data-session='{other_id}']").wait_for(timeout=5_000)
 
-        session_id = await create_session(hub.http, child_name="Ada", child_ref="child-0042")
+        session_id = await create_session(hub.http, child_name="Ada", child_ref="child-0142")
         tile = page.locator(f"#lobby .tile[data-session='{session_id}']")
         mirror = MirrorClient(hub.http, session_id, token=token("mirror", session_id))
         mirrors.append(mirror)
