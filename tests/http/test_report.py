@@ -69,7 +69,9 @@ async def test_report_equals_sql_over_the_stored_frames(
 
     async with httpx.AsyncClient(base_url=hub_server.http, headers=staff_headers()) as http:
         response = await http.get(f"/sessions/{session_id}/report")
+        audit = await http.get("/audit", params={"session_id": session_id})
     assert response.status_code == 200, response.text
+    assert "read_report" in {e["action"] for e in audit.json()["items"]}
     report = response.json()
     assert report["child_ref"] == "child-7"
     assert [t["task_id"] for t in report["tasks"]] == task_ids
