@@ -18,6 +18,7 @@ from playwright.async_api import Browser, BrowserContext, Page
 
 from hub.login_codes import issue_login_code
 from tests.support import ROOT
+from tests.support.console import WATCH_PAGE, wait_for
 from tests.support.live import (
     TOKENS,
     HubProcess,
@@ -37,13 +38,6 @@ pytestmark = pytest.mark.slow
 
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 UPLOT = ROOT / "hub" / "static" / "vendor" / "uplot"
-
-# Collects what the page would report: CSP violations (the event) and console errors.
-WATCH_PAGE = """
-window.__problems = [];
-document.addEventListener('securitypolicyviolation',
-  (e) => window.__problems.push(`CSP ${e.violatedDirective} ${e.blockedURI}`));
-"""
 
 
 @pytest.fixture(scope="module")
@@ -209,14 +203,6 @@ async def test_sign_in_history_report_and_print(console: Console) -> None:
     await page.goto(f"{console.hub.http}/console/sessions")
     assert "/console/login?next=" in page.url
     assert not [c for c in await console.context.cookies() if c["name"] == "hub_console"]
-
-
-async def wait_for(page: Page, expression: str, timeout_s: float = 30) -> Any:
-    """Wait until the expression is truthy in the page (Chromium polls it each frame)."""
-    handle = await page.wait_for_function(
-        f"() => ({expression})", timeout=timeout_s * 1000, polling="raf"
-    )
-    return await handle.json_value()
 
 
 @pytest.mark.timeout(120)

@@ -8,17 +8,17 @@ connection-refused messages while the hub is down), no CSP violations."""
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser
 
 from hub.login_codes import issue_login_code
 from hub.storage.frames import asyncpg_dsn
 from tests.support import ROOT
+from tests.support.console import WATCH_PAGE, problems, wait_for
 from tests.support.live import TOKENS, HubProcess, create_session, new_task_id, token
 from tests.support.playwright import chromium
 
@@ -27,16 +27,6 @@ from mirror_client import MirrorClient
 
 pytestmark = pytest.mark.slow
 
-# Collects what the page would report: CSP violations (the event).
-WATCH_PAGE = """
-window.__problems = [];
-document.addEventListener('securitypolicyviolation',
-  (e) => window.__problems.push(`CSP ${e.violatedDirective} ${e.blockedURI}`));
-"""
-
-# What Chromium logs by itself while the hub is down (the page's reconnect attempts meet a
-# closed port): expected during the restart, and nothing the page did wrong.
-HUB_DOWN = re.compile(r"ERR_CONNECTION_REFUSED|WebSocket connection to .* failed")
 
 RATE = 30  # frames/s, the mirror's rate
 FRAMES = 240  # 8 s of stream
@@ -47,17 +37,6 @@ KILL_AFTER = 60  # frames the page has drawn before the hub is killed
 async def browser() -> AsyncIterator[Browser]:
     async with chromium() as launched:
         yield launched
-
-
-async def problems(page: Page, errors: list[str]) -> list[str]:
-    seen: list[str] = await page.evaluate("() => window.__problems || []")
-    return [*seen, *(e for e in errors if not HUB_DOWN.search(e))]
-
-
-async def wait_for(page: Page, expression: str, timeout_s: float) -> None:
-    """Wait until the expression is truthy in the page (Chromium polls it each frame; a
-    function, as the page's CSP allows no string evaluation)."""
-    await page.wait_for_function(f"() => ({expression})", timeout=timeout_s * 1000, polling="raf")
 
 
 async def stored_seqs(database_url: str, session_id: str) -> list[int]:

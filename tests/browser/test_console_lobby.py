@@ -13,10 +13,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 
 from hub.login_codes import issue_login_code
 from tests.support import ROOT
+from tests.support.console import WATCH_PAGE, problems
 from tests.support.live import TOKENS, HubProcess, create_session, new_task_id, token
 from tests.support.playwright import chromium
 
@@ -27,27 +28,11 @@ pytestmark = pytest.mark.slow
 
 SCREENSHOT = ROOT / "docs" / "screenshots" / "console-lobby.png"
 
-# Collects what the page would report: CSP violations (the event).
-WATCH_PAGE = """
-window.__problems = [];
-document.addEventListener('securitypolicyviolation',
-  (e) => window.__problems.push(`CSP ${e.violatedDirective} ${e.blockedURI}`));
-"""
-
-# What Chromium logs by itself while the hub is down (the page's reconnect attempts meet a
-# closed port): expected during the restart, and nothing the page did wrong.
-HUB_DOWN = re.compile(r"ERR_CONNECTION_REFUSED|WebSocket connection to .* failed")
-
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
     async with chromium() as launched:
         yield launched
-
-
-async def problems(page: Page, errors: list[str]) -> list[str]:
-    seen: list[str] = await page.evaluate("() => window.__problems || []")
-    return [*seen, *(e for e in errors if not HUB_DOWN.search(e))]
 
 
 @pytest.mark.timeout(120)
