@@ -1,7 +1,11 @@
 """One WebSocket connection's plumbing: a writer draining its outbox, a reader, the close.
 
 The fan-out only ever appends to an outbox; the awaits on the socket happen here, in tasks of
-that connection alone, so a peer that stops reading stalls nobody else.
+that connection alone, so a peer that stops reading stalls nobody else. While a watcher's
+writer is idle and its socket takes data at once (the server offers `hub.edge.SEND_NOW`),
+what is pushed in one turn of the event loop is written straight to the socket instead
+(`DirectWrites`): no task switch, no ASGI send. A socket that cannot take it now hands the
+queue back to the writer, which waits for it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from hub import closecodes, metrics
+from hub.edge import SEND_NOW
 from hub.frames import Ack, Batching, encode
 from hub.live.node import LiveHub
 from hub.live.sendqueue import SendQueue
@@ -43,6 +48,70 @@ async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = 
         pass
 
 
+class RawSocket:
+    """The server's write-at-once for one connection (`hub.edge.SEND_NOW`)."""
+
+    def __init__(self, offer: dict[str, Callable[..., object]]) -> None:
+        self.writable: Callable[[], bool] = offer["writable"]  # type: ignore[assignment]
+        self.write: Callable[[bytes], None] = offer["write"]  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, websocket: WebSocket) -> RawSocket | None:
+        offer = (websocket.scope.get("extensions") or {}).get(SEND_NOW)
+        return cls(offer) if offer else None
+
+
+async def send_text(websocket: WebSocket, raw: RawSocket | None, text: str) -> None:
+    """Send one text message: written at once if the socket takes it, else through ASGI
+    (which waits while the peer does not read)."""
+    if raw is not None and raw.writable():
+        raw.write(text.encode())
+    else:
+        await websocket.send_text(text)
+
+
+def next_message(outbox: SendQueue, batching: Batching | None) -> str:
+    """Take the next message to send: for a protocol 2 watcher (`batching`) the run of frames
+    at the head as one `batch`, else the oldest queued text."""
+    if batching is not None:
+        frames = outbox.take_frames(batching.max_frames, batching.max_bytes)
+        if frames:
+            return batching.message(frames)
+    return outbox.pop()
+
+
+class DirectWrites:
+    """An idle watcher writer's stand-in: on a push, the queue is written straight to the
+    socket at the end of this turn of the event loop (so a mirror's batch, fanned out in one
+    turn, goes to a protocol 2 watcher as one `batch`). When the socket cannot take data
+    now, or a close is asked, it wakes the writer instead, which sends what is left."""
+
+    def __init__(self, raw: RawSocket, outbox: SendQueue, batching: Batching | None) -> None:
+        self.raw = raw
+        self.outbox = outbox
+        self.batching = batching
+        self.loop = asyncio.get_running_loop()
+        self.scheduled = False
+
+    def __call__(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        self.scheduled = False
+        outbox = self.outbox
+        if outbox.on_push is not self or not outbox.items:
+            return  # the writer is awake and sends what is queued
+        if outbox.close_code is None and self.raw.writable():
+            metrics.handed_off(len(outbox.items), outbox.oldest_at)
+        while outbox.items:
+            if outbox.close_code is not None or not self.raw.writable():
+                outbox.ready.set()
+                return
+            self.raw.write(next_message(outbox, self.batching).encode())
+
+
 async def run_writer(
     websocket: WebSocket,
     outbox: SendQueue,
@@ -57,8 +126,15 @@ async def run_writer(
     sent_ack = link.acked if link is not None else 0
     ack_sent_at = -ack_interval_s
     sent_at = float("-inf")
+    raw = RawSocket.of(websocket)
+    # A mirror's outbox holds only replies; with a delay, a watcher's frames must gather.
+    direct = None
+    if raw is not None and link is None and not (batching and batching.max_delay_s):
+        direct = DirectWrites(raw, outbox, batching)
     while True:
+        outbox.on_push = direct
         await outbox.wait_ready()
+        outbox.on_push = None
         # A mirror's ack goes out before any close, so a shutdown acks what it stored.
         if link is not None and link.acked > sent_ack:
             wait = ack_sent_at + ack_interval_s - time.monotonic()
@@ -67,38 +143,41 @@ async def run_writer(
                 # made during it, so a mirror loses nothing by hearing fewer.
                 await asyncio.sleep(wait)
             sent_ack = link.acked
-            await websocket.send_text(encode(Ack(seq=sent_ack)).decode())
+            await send_text(websocket, raw, encode(Ack(seq=sent_ack)).decode())
             ack_sent_at = time.monotonic()
             metrics.acked(link.acked_at)
         if outbox.close_code is not None and not outbox.flush_before_close:
             return
         if outbox.items and link is None:
             metrics.handed_off(len(outbox.items), outbox.oldest_at)
-        if batching is None:
+        if batching is None or not batching.max_delay_s:
             while outbox.items:
-                await websocket.send_text(outbox.pop())
+                await send_text(websocket, raw, next_message(outbox, batching))
         else:
-            sent_at = await _send_batched(websocket, outbox, batching, sent_at)
+            sent_at = await _send_delayed(websocket, raw, outbox, batching, sent_at)
         if outbox.close_code is not None:
             return
 
 
-async def _send_batched(
-    websocket: WebSocket, outbox: SendQueue, batching: Batching, sent_at: float
+async def _send_delayed(
+    websocket: WebSocket,
+    raw: RawSocket | None,
+    outbox: SendQueue,
+    batching: Batching,
+    sent_at: float,
 ) -> float:
-    """Send what is queued, each run of frames as `batch` messages; with a delay, at most one
-    message per `max_delay_s` unless a close is pending. When the last message went out."""
+    """Send what is queued, each run of frames as `batch` messages, at most one message per
+    `max_delay_s` unless a close is pending. When the last message went out."""
     delay = batching.max_delay_s
     while outbox.items:
-        if delay and outbox.close_code is None:
+        if outbox.close_code is None:
             wait = sent_at + delay - time.monotonic()
             if wait > 0:  # frames sent moments ago: let more gather, until a close at most
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(outbox.closing.wait(), wait)
                 if outbox.close_code is not None and not outbox.flush_before_close:
                     return sent_at
-        frames = outbox.take_frames(batching.max_frames, batching.max_bytes)
-        await websocket.send_text(batching.message(frames) if frames else outbox.pop())
+        await send_text(websocket, raw, next_message(outbox, batching))
         sent_at = time.monotonic()
     return sent_at
 

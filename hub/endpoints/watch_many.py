@@ -21,7 +21,13 @@ from starlette.websockets import WebSocket
 from hub import closecodes, metrics
 from hub.auth import Principal
 from hub.context import HubContext, context
-from hub.endpoints.connection import CLOSE_FLUSH_TIMEOUT_S, RateLimit, close
+from hub.endpoints.connection import (
+    CLOSE_FLUSH_TIMEOUT_S,
+    RateLimit,
+    RawSocket,
+    close,
+    send_text,
+)
 from hub.endpoints.ws_common import connection_lifetime, handshake_many
 from hub.frames import (
     LOBBY,
@@ -148,6 +154,7 @@ class Connection:
     async def _write(self) -> None:
         subs = self.subs
         outbox = subs.outbox
+        raw = RawSocket.of(self.websocket)
         while True:
             await outbox.ready.wait()
             outbox.ready.clear()
@@ -156,7 +163,7 @@ class Connection:
             while texts := subs.take():
                 self._release_gone()
                 for text in texts:
-                    await self.websocket.send_text(text)
+                    await send_text(self.websocket, raw, text)
             self._release_gone()
             if outbox.close_code is not None:
                 return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hub import closecodes
@@ -45,6 +46,9 @@ class SendQueue:
         self.others: deque[int] = deque()
         self.pushed = 0
         self.popped = 0
+        # Set by the writer while it is idle: called on a push instead of waking the writer
+        # (it writes to the socket at once: `hub.endpoints.connection.DirectWrites`).
+        self.on_push: Callable[[], None] | None = None
 
     def push(self, text: str, frame: bool = False) -> bool:
         if self.close_code is not None:
@@ -61,7 +65,10 @@ class SendQueue:
         if not frame:
             self.others.append(self.pushed)
         self.pushed += 1
-        self.ready.set()
+        if self.on_push is not None:
+            self.on_push()
+        else:
+            self.ready.set()
         return True
 
     def wake(self) -> None:
