@@ -32,6 +32,9 @@ SECRET_FILE = "auth-secret"
 # Clock skew tolerated between the token's issuer and the hub: a token is accepted up to this
 # long after `exp` and before `iat`/`nbf` (README, Access control).
 LEEWAY_S = 10
+# Verified tokens remembered per process (see `TokenService.verify`); past this many, the
+# oldest are forgotten first.
+VERIFIED_CACHE_SIZE = 4096
 
 
 class AuthError(Exception):
@@ -89,6 +92,8 @@ class TokenService:
         # An identity provider signs tokens for many applications: with an audience set, only
         # those whose `aud` names this hub are accepted.
         self._audience = audience
+        # token -> (principal, the time.time() past which the token is refused)
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     @property
     def secret(self) -> bytes:
@@ -120,6 +125,27 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
+        """The principal a token names, or AuthError. A token verified once is remembered
+        until it expires: a console or API client sends the same token with every request,
+        and checking its signature and claims again was a tenth of a history read's CPU
+        (benchmarks/http_bench.py). What makes a token valid cannot change before its
+        expiry (the keys are fixed for the life of the process; there is no revocation list
+        — a token is withdrawn by rotating the secret, which restarts the hub)."""
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            if now <= known[1]:
+                return known[0]
+            del self._verified[token]
+        principal, claims = self._verify(token)
+        expiry = claims["exp"]
+        if isinstance(expiry, (int, float)):  # checked by the decode: numeric
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = (principal, float(expiry) + LEEWAY_S)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
             if header.get("alg") == "HS256":
@@ -156,7 +182,7 @@ class TokenService:
             raise AuthError("token names a malformed session") from None
         if role == "mirror" and session_id is None:
             raise AuthError("mirror token names no session")
-        return Principal(subject=str(claims["sub"]), role=role, session_id=session_id)
+        return Principal(subject=str(claims["sub"]), role=role, session_id=session_id), claims
 
 
 def load_or_create_secret(data_dir: Path) -> tuple[bytes, bool]:
