@@ -196,7 +196,7 @@ async def pump(
     then closes the socket with the requested code."""
     writer = asyncio.create_task(run_writer(websocket, outbox, link, batching, ack_interval_s))
     reader = asyncio.create_task(_read(websocket, outbox, on_text, RateLimit(rate)))
-    closing = asyncio.create_task(outbox.closing.wait())
+    closing = outbox.closing.waiter()
     try:
         await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
         reader.cancel()

@@ -26,6 +26,53 @@ if TYPE_CHECKING:
 DEFAULT_QUEUE_BYTES = 1 << 20
 
 
+class Flag:
+    """The part of `asyncio.Event` a connection needs, allocated lazily: an Event makes a
+    deque for its waiters at once, and each of thousands of idle watchers keeps two."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once the flag is set (for `asyncio.wait`: no task needed)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._set:
+            waiter.set_result(None)
+        elif self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = self.waiter()
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:  # cancelled
+                self._waiters.remove(waiter)
+
+
 class SendQueue:
     """A queue of JSON texts for one connection, drained by that connection's writer; bounded
     in messages and in bytes (past either, the connection is closed with LAGGING)."""
@@ -35,15 +82,15 @@ class SendQueue:
         self.max_bytes = max_bytes
         self.items: deque[str] = deque()
         self.queued_bytes = 0
-        self.ready = asyncio.Event()
-        self.closing = asyncio.Event()  # set once a close is requested
+        self.ready = Flag()
+        self.closing = Flag()  # set once a close is requested
         self.close_code: closecodes.CloseCode | None = None
         self.close_reason = ""
         self.flush_before_close = False
         self.oldest_at = 0.0  # when the oldest queued item arrived (perf_counter)
-        # Where the queued messages that are not frames stand, counted in pushes; rare, so
-        # a frame costs no more than a count.
-        self.others: deque[int] = deque()
+        # Where the queued messages that are not frames stand, counted in pushes; rare (a
+        # list, not a deque: nothing allocated until one comes), so a frame costs a count.
+        self.others: list[int] = []
         self.pushed = 0
         self.popped = 0
         # Set by the writer while it is idle: called on a push instead of waking the writer
@@ -85,7 +132,7 @@ class SendQueue:
         text = self.items.popleft()
         self.queued_bytes -= len(text)
         if self.others and self.others[0] == self.popped:
-            self.others.popleft()
+            del self.others[0]
         self.popped += 1
         return text
 

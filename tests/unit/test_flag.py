@@ -1,0 +1,35 @@
+"""`Flag`, the lazily allocated event a connection's queue waits on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hub.live.sendqueue import Flag
+
+
+async def test_set_wakes_every_waiter_and_stays_set_until_cleared() -> None:
+    flag = Flag()
+    waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    future = flag.waiter()
+    await asyncio.sleep(0)  # the tasks reach their wait
+    assert not any(w.done() for w in waiters) and not future.done()
+    flag.set()
+    await asyncio.gather(*waiters, future)
+    assert flag.is_set()
+    await asyncio.wait_for(flag.wait(), 1)  # set: returns at once
+    assert flag.waiter().done()
+    flag.clear()
+    assert not flag.is_set() and not flag.waiter().done()
+
+
+async def test_a_cancelled_wait_does_not_break_the_next_set() -> None:
+    flag = Flag()
+    waiter = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    other = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    flag.set()
+    await asyncio.wait_for(other, 1)
+    assert waiter.cancelled()
