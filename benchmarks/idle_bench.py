@@ -166,6 +166,7 @@ async def measure(target: str, args: argparse.Namespace) -> dict[str, Any]:
             await bare.wait_ready(http_ready)
             progress(f"  bare pid {bare.proc.pid} port {port}")
             tree, hello, paths = bare, "", ["/ws/idle"] * n
+        load_start = os.getloadavg()
         before = await settle(tree, args.settle)
         started = time.monotonic()
         idles, failed = await open_all(target, port, paths, hello, args.connect_concurrency)
@@ -186,10 +187,12 @@ async def measure(target: str, args: argparse.Namespace) -> dict[str, Any]:
             "rss_before": before,
             "rss_after": after,
             "per_connection_kb": (after - before) / max(len(idles), 1) / 1024,
+            "end_kb": (samples[-1] - before) / max(len(idles), 1) / 1024,
             "soak_s": args.soak,
             "rss_samples": samples,
             "drift_pct": drift,
             "cpu_pct": cpu_pct,
+            "load_avg_start": load_start,
             "load_avg": load,
             "open_at_end_client": len(still),
             "open_at_end_server": server_count,
@@ -279,11 +282,13 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     lines.append(row("soak RSS max MB", lambda r: max(r["rss_samples"]) / mb, ".1f", False))
     lines.append(row("soak RSS last MB", lambda r: r["rss_samples"][-1] / mb, ".1f", False))
     lines.append(row("soak drift (max |x - first|) %", lambda r: r["drift_pct"], ".2f", False))
+    lines.append(row("RSS per connection at soak end KB", lambda r: r["end_kb"], ".1f"))
     lines.append(row("server CPU during soak %", lambda r: r["cpu_pct"], ".2f"))
     lines.append(row("open at end (client side)", lambda r: r["open_at_end_client"], ",d", False))
     lines.append(row("open at end (server says)", lambda r: r["open_at_end_server"], ",d", False))
     lines.append(row("watchers that got a snapshot", lambda r: r["snapshots"], ",d", False))
-    lines.append(row("load average (1 min) at end", lambda r: r["load_avg"][0], ".2f", False))
+    load = lambda r: f"{r['load_avg_start'][0]:.2f} / {r['load_avg'][0]:.2f}"  # noqa: E731
+    lines.append(row("load average (1 min) start / end", load, "", False))
     verdicts = []
     for name in names:
         r = results[name]
