@@ -12,7 +12,7 @@ ASGI middleware) and uvicorn's protocols with the limits they lack.
 - `QuietWebSocketProtocol`: uvicorn logs a traceback for each text message that is not
   UTF-8; that is bad input, not a fault of the hub: one info line, and the same close (1007).
   It also offers the app a way to write a text message straight to the socket
-  (`SEND_NOW`, see `write_text`).
+  (`SEND_NOW`, see `write_text`), and keeps received messages in a lighter queue.
 """
 
 from __future__ import annotations
@@ -264,7 +264,45 @@ def text_frame(payload: bytes) -> bytes:
     return head + payload
 
 
+class ReceiveQueue:
+    """What uvicorn's WebSocket protocol uses of its `asyncio.Queue` (put_nowait, get,
+    empty), lighter: an asyncio.Queue makes three deques (2.3 KB) per connection, and each
+    `get` that waits looks the loop up again (a getpid system call on Python 3.11). One
+    consumer at a time, as ASGI's `receive` has: a second concurrent `get` is an error."""
+
+    __slots__ = ("_getter", "_items", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._items: list[Any] = []
+        self._getter: asyncio.Future[None] | None = None
+        self._loop = loop
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._getter is not None and not self._getter.done():
+                raise RuntimeError("a WebSocket message is already being received")
+            getter = self._getter = self._loop.create_future()
+            try:
+                await getter
+            finally:
+                self._getter = None
+        return self._items.pop(0)
+
+
 class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # none when the upgrade was refused

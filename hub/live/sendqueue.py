@@ -30,11 +30,13 @@ class Flag:
     """The part of `asyncio.Event` a connection needs, allocated lazily: an Event makes a
     deque for its waiters at once, and each of thousands of idle watchers keeps two."""
 
-    __slots__ = ("_set", "_waiters")
+    __slots__ = ("_loop", "_set", "_waiters")
 
     def __init__(self) -> None:
         self._set = False
         self._waiters: list[asyncio.Future[None]] | None = None
+        # Looked up once: each lookup is a getpid system call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def is_set(self) -> bool:
         return self._set
@@ -53,7 +55,10 @@ class Flag:
 
     def waiter(self) -> asyncio.Future[None]:
         """A future done once the flag is set (for `asyncio.wait`: no task needed)."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         if self._set:
             waiter.set_result(None)
         elif self._waiters is None:

@@ -1,9 +1,13 @@
-"""`Flag`, the lazily allocated event a connection's queue waits on."""
+"""`Flag`, the lazily allocated event a connection's queue waits on, and `ReceiveQueue`, the
+lighter queue of received WebSocket messages."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from hub.edge import ReceiveQueue
 from hub.live.sendqueue import Flag
 
 
@@ -33,3 +37,16 @@ async def test_a_cancelled_wait_does_not_break_the_next_set() -> None:
     flag.set()
     await asyncio.wait_for(other, 1)
     assert waiter.cancelled()
+
+
+async def test_the_receive_queue_hands_messages_over_in_order_to_one_reader() -> None:
+    queue = ReceiveQueue(asyncio.get_running_loop())
+    reader = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)  # the reader waits
+    with pytest.raises(RuntimeError, match="already being received"):
+        await queue.get()
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    assert await asyncio.wait_for(reader, 1) == 1
+    assert not queue.empty()
+    assert await queue.get() == 2 and queue.empty()
