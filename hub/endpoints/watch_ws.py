@@ -80,37 +80,15 @@ async def _watch(
         await close(websocket, closecodes.ROOM_FULL)
         return
 
-    # From `join` to the end of the catch-up plan nothing awaits, so no frame can slip between
-    # the catch-up planned here and the live tail the watcher's outbox starts receiving.
+    # From `join` to the catch-up plan (the first thing `_catch_up` does) nothing awaits, so
+    # no frame can slip between the catch-up and the live tail the watcher's outbox receives.
     watcher = Watcher(
         ctx.settings.watcher_queue_frames, hello.since, ctx.settings.watcher_queue_bytes
     )
     batching = _batching(hello, live, ctx)
     live_hub.join(live, watcher)
     try:  # from here on the watcher counts in presence: `leave` whatever happens
-        plan = plan_catch_up(live, hello.since)
-        delay = None if batching is None else round(batching.max_delay_s * 1000)
-        node = live_hub.cluster.node
-        greeting = welcome(live, "watcher", plan.last_seq, ctx.settings, node, delay)
-        try:
-            await websocket.send_text(greeting)
-            if plan.stored is not None:
-                await _send_stored(websocket, live_hub, live, batching, *plan.stored)
-            # With `since`, the frames logged after it; otherwise the snapshot, never batched.
-            memory = plan.memory
-            if batching is not None and hello.since is not None:
-                memory = batching.messages(memory)
-            for text in memory:
-                await websocket.send_text(text)
-        except PEER_GONE:
-            raise  # the watcher left: nothing to say to it
-        except Exception as exc:  # storage failed mid catch-up: resume later
-            log.warning("catch-up for session=%s failed: %s", session_id, type(exc).__name__)
-            await close(websocket, closecodes.INTERNAL, "catch-up failed; resume with since")
-            return
-        if plan.ended:
-            await websocket.send_text(encode(Ended(last_seq=plan.last_seq)).decode())
-            await close(websocket, closecodes.NORMAL, "session ended")
+        if not await _catch_up(websocket, ctx, hello, live, batching):
             return
 
         async def on_text(text: str) -> None:
@@ -121,6 +99,45 @@ async def _watch(
         await serve(live_hub, websocket, watcher.outbox, on_text, batching=batching)
     finally:
         live_hub.leave(live, watcher)
+
+
+async def _catch_up(
+    websocket: WebSocket,
+    ctx: HubContext,
+    hello: Hello,
+    live: LiveSession,
+    batching: Batching | None,
+) -> bool:
+    """Send `welcome` and the catch-up (snapshot, or the frames after `since`); False when
+    the connection was closed instead (the session ended, or storage failed). Its own
+    function so that what it sent is not kept for the connection's life."""
+    plan = plan_catch_up(live, hello.since)  # first: see `_watch`
+    session_id = live.id
+    live_hub = ctx.live
+    delay = None if batching is None else round(batching.max_delay_s * 1000)
+    node = live_hub.cluster.node
+    greeting = welcome(live, "watcher", plan.last_seq, ctx.settings, node, delay)
+    try:
+        await websocket.send_text(greeting)
+        if plan.stored is not None:
+            await _send_stored(websocket, live_hub, live, batching, *plan.stored)
+        # With `since`, the frames logged after it; otherwise the snapshot, never batched.
+        memory = plan.memory
+        if batching is not None and hello.since is not None:
+            memory = batching.messages(memory)
+        for text in memory:
+            await websocket.send_text(text)
+    except PEER_GONE:
+        raise  # the watcher left: nothing to say to it
+    except Exception as exc:  # storage failed mid catch-up: resume later
+        log.warning("catch-up for session=%s failed: %s", session_id, type(exc).__name__)
+        await close(websocket, closecodes.INTERNAL, "catch-up failed; resume with since")
+        return False
+    if plan.ended:
+        await websocket.send_text(encode(Ended(last_seq=plan.last_seq)).decode())
+        await close(websocket, closecodes.NORMAL, "session ended")
+        return False
+    return True
 
 
 def _batching(hello: Hello, live: LiveSession, ctx: HubContext) -> Batching | None:
