@@ -31,6 +31,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from hub import closecodes
+from hub.flag import Flag
 from hub.settings import Settings
 
 log = logging.getLogger("hub.edge")
@@ -301,7 +302,17 @@ class ReceiveQueue:
 class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Lighter than what uvicorn makes (each idle watcher keeps them; see ReceiveQueue).
         self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()  # as uvicorn's: writable until the transport pauses writing
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # uvicorn keeps the upgrade request and response (headers and all) for the
+            # connection's life; nothing reads them after the handshake.
+            self.request = self.response = None  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

@@ -238,17 +238,15 @@ async def serve(
     `batching`: a protocol 2 watcher's."""
     rate = node.settings.ws_max_messages_per_s
     ack_interval_s = 1 / node.settings.ack_max_hz
-    task = asyncio.create_task(
-        pump(websocket, outbox, on_text, rate, link, batching, ack_interval_s)
-    )
+    # The endpoint's own task (no task of its own: an idle watcher keeps few objects).
+    task = asyncio.current_task()
+    assert task is not None
     node.connection_opened(task)
     gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
     gauge.inc()
     try:
-        await asyncio.shield(task)
+        await pump(websocket, outbox, on_text, rate, link, batching, ack_interval_s)
     finally:
-        if not task.done():  # the endpoint itself was cancelled
-            task.cancel()
         node.connection_closed(task)
         gauge.dec()
 

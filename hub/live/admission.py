@@ -16,9 +16,10 @@ turned away.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import Literal
+
+from hub.flag import Flag
 
 
 class Ticket:
@@ -30,7 +31,7 @@ class Ticket:
         self.host = host
         self.state: Literal["waiting", "authenticated", "released"] = "waiting"
         # Set when a newer socket took this waiting one's place: its handshake gives up.
-        self.evicted = asyncio.Event()
+        self.evicted = Flag()
 
     # Called by `Admission`, which keeps the counts: use its `authenticate` and `release`.
     def mark_authenticated(self) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from hub.edge import ReceiveQueue
-from hub.live.sendqueue import Flag
+from hub.flag import Flag
 
 
 async def test_set_wakes_every_waiter_and_stays_set_until_cleared() -> None:
