@@ -72,7 +72,8 @@ def run_serve(args: argparse.Namespace, settings: Settings, log_config: dict[str
     import uvicorn
 
     from hub.auth import ensure_secret, show_first_admin
-    from hub.edge import GuardedHttpToolsProtocol, QuietWebSocketProtocol
+    from hub.edge import GuardedHttpToolsProtocol
+    from hub.ws_protocol import QuietWebSocketProtocol
 
     if args.workers is not None and args.workers > 1 and settings.backplane_kind == "memory":
         # Each worker holds its own live sessions: without a backplane between them, a watcher

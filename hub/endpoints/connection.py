@@ -2,7 +2,7 @@
 
 The fan-out only ever appends to an outbox; the awaits on the socket happen here, in tasks of
 that connection alone, so a peer that stops reading stalls nobody else. While a watcher's
-writer is idle and its socket takes data at once (the server offers `hub.edge.SEND_NOW`),
+writer is idle and its socket takes data at once (the server offers `hub.ws_protocol.SEND_NOW`),
 what is pushed in one turn of the event loop is written straight to the socket instead
 (`DirectWrites`): no task switch, no ASGI send. A socket that cannot take it now hands the
 queue back to the writer, which waits for it.
@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from hub import closecodes, metrics
-from hub.edge import SEND_NOW
 from hub.frames import Ack, Batching, encode
 from hub.live.node import LiveHub
 from hub.live.sendqueue import SendQueue
 from hub.live.session import MirrorLink
+from hub.ws_protocol import SEND_NOW
 
 log = logging.getLogger("hub.connection")
 
@@ -49,7 +49,7 @@ async def close(websocket: WebSocket, code: closecodes.CloseCode, reason: str = 
 
 
 class RawSocket:
-    """The server's write-at-once for one connection (`hub.edge.SEND_NOW`)."""
+    """The server's write-at-once for one connection (`hub.ws_protocol.SEND_NOW`)."""
 
     def __init__(self, offer: dict[str, Callable[..., object]]) -> None:
         self.writable: Callable[[], bool] = offer["writable"]  # type: ignore[assignment]

@@ -21,13 +21,7 @@ from starlette.websockets import WebSocket
 from hub import closecodes, metrics
 from hub.auth import Principal
 from hub.context import HubContext, context
-from hub.endpoints.connection import (
-    CLOSE_FLUSH_TIMEOUT_S,
-    RateLimit,
-    RawSocket,
-    close,
-    send_text,
-)
+from hub.endpoints.connection import CLOSE_FLUSH_TIMEOUT_S, RateLimit, RawSocket, close, send_text
 from hub.endpoints.ws_common import connection_lifetime, handshake_many
 from hub.frames import (
     LOBBY,

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from hub.edge import ReceiveQueue
 from hub.flag import Flag
+from hub.ws_protocol import ReceiveQueue
 
 
 async def test_set_wakes_every_waiter_and_stays_set_until_cleared() -> None:

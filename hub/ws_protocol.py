@@ -1,0 +1,137 @@
+"""uvicorn's WebSocket protocol (websockets' sans-I/O implementation), with what the hub adds:
+
+- uvicorn logs a traceback for each text message that is not UTF-8; that is bad input, not a
+  fault of the hub: one info line, and the same close (1007).
+- A write-at-once for the app (scope extension `SEND_NOW`: `writable()` and `write(payload)`),
+  so a watcher's frame reaches its socket without a task switch and ASGI's send path
+  (`hub.endpoints.connection.DirectWrites`).
+- Lighter per-connection state (`ReceiveQueue`, `Flag`), since thousands of idle watchers
+  each keep one of everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+from hub import closecodes
+from hub.flag import Flag
+
+log = logging.getLogger("hub.edge")
+
+# The scope extension under which a WebSocket connection offers its write-at-once.
+SEND_NOW = "hub.send_now"
+
+
+def text_frame(payload: bytes) -> bytes:
+    """`payload` as one unmasked, unfragmented text frame (RFC 6455 section 5.2): what a
+    server sends, byte for byte what websockets would build for it without extensions."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, size)
+    return head + payload
+
+
+class ReceiveQueue:
+    """What uvicorn's WebSocket protocol uses of its `asyncio.Queue` (put_nowait, get,
+    empty), lighter: an asyncio.Queue makes three deques (2.3 KB) per connection, and each
+    `get` that waits looks the loop up again (a getpid system call on Python 3.11). One
+    consumer at a time, as ASGI's `receive` has: a second concurrent `get` is an error."""
+
+    __slots__ = ("_getter", "_items", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._items: list[Any] = []
+        self._getter: asyncio.Future[None] | None = None
+        self._loop = loop
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._getter is not None and not self._getter.done():
+                raise RuntimeError("a WebSocket message is already being received")
+            getter = self._getter = self._loop.create_future()
+            try:
+                await getter
+            finally:
+                self._getter = None
+        return self._items.pop(0)
+
+
+class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter than what uvicorn makes (each idle watcher keeps them; see ReceiveQueue).
+        self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()  # as uvicorn's: writable until the transport pauses writing
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # uvicorn keeps the upgrade request and response (headers and all) for the
+            # connection's life; nothing reads them after the handshake.
+            self.request = self.response = None  # type: ignore[assignment]
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none when the upgrade was refused
+        if scope is not None:
+            scope["extensions"][SEND_NOW] = {
+                "writable": self.writable_now,
+                "write": self.write_text,
+            }
+
+    def writable_now(self) -> bool:
+        """Whether `write_text` may be called: the connection is open for messages and its
+        buffer below the high-water mark (else the app sends through ASGI, which waits)."""
+        return not (
+            self.close_sent
+            or self.disconnected
+            or not self.handshake_complete
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.conn.extensions
+            or self.transport.is_closing()
+        )
+
+    def write_text(self, payload: bytes) -> None:
+        """Write the UTF-8 text message `payload` to the socket now; only after `writable_now`.
+
+        Why: a watcher's frame goes out in one synchronous call instead of through a writer
+        task, Starlette's and uvicorn's send and websockets' frame builder (measured with
+        benchmarks/live_bench.py: the largest cost per delivery after the system call).
+        Data frames leave websockets' state untouched, so its close handshake and pings go
+        on as before. With an extension negotiated (per-message deflate, off in `hub
+        serve`) `writable_now` is False: the frame would have to go through it."""
+        self.transport.write(text_frame(payload))
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not getattr(self, "close_sent", False):
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                client = self.client[0] if self.client else "unknown client"
+                log.info("%s: text message is not UTF-8; closed with 1007", client)
+                self.conn.send_close(closecodes.INVALID_TEXT.code, closecodes.INVALID_TEXT.meaning)
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
