@@ -124,14 +124,22 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(text_frame(payload))
 
     def send_receive_event_to_app(self) -> None:
-        if self.curr_msg_data_type == "text" and not getattr(self, "close_sent", False):
-            try:
-                b"".join(self.frames).decode()
-            except UnicodeDecodeError:
-                self.frames = []
-                client = self.client[0] if self.client else "unknown client"
-                log.info("%s: text message is not UTF-8; closed with 1007", client)
-                self.conn.send_close(closecodes.INVALID_TEXT.code, closecodes.INVALID_TEXT.meaning)
-                self.handle_parser_exception()
-                return
-        super().send_receive_event_to_app()
+        """uvicorn's, for text messages decoded once (uvicorn's decodes, and the check for
+        invalid UTF-8 had to decode first)."""
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            client = self.client[0] if self.client else "unknown client"
+            log.info("%s: text message is not UTF-8; closed with 1007", client)
+            self.conn.send_close(closecodes.INVALID_TEXT.code, closecodes.INVALID_TEXT.meaning)
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:  # until the app has read it (uvicorn's backpressure)
+            self.read_paused = True
+            self.transport.pause_reading()
