@@ -312,24 +312,33 @@ async def test_a_mirror_flooding_at_its_rate_limit_does_not_delay_another_sessio
         )
         return f'{{"type":"batch","frames":[{frames}]}}', 500
 
+    stored: dict[str, float] = {}
+
     async def attack() -> None:
         # Just under the rate limit (200 a second), for 10 s: 95,000 frames a second offered.
+        start = time.monotonic()
         await flooder.run(full_batch, messages=1_900, per_second=190, seconds=10)
+        async with httpx.AsyncClient(headers=staff_headers(), timeout=60) as client:
+            report = await client.get(f"{hub.http}/sessions/{flooder.session_id}/report")
+        stored["frames"] = report.json()["completeness"]["frames_stored"]
+        stored["seconds"] = time.monotonic() - start
 
     neighbour, memory = await under_attack(hub, attack)
-    print("flooder got", dict(flooder.codes), "stored up to", flooder.seq - 1)
+    print("flooder got", dict(flooder.codes), "sent up to", flooder.seq - 1)
+    print(f"flooder: {stored['frames']:.0f} frames stored in the {stored['seconds']:.1f} s attack")
     neighbour.check()
     assert not flooder.codes, "the flood is valid: no errors, no closes"
     assert p99(neighbour.acks) < ACK_P99_S
     assert memory.peak < BUDGET, f"peak RSS {memory.peak / MIB:.0f} MiB"
     # The flooder held no more than its share of the write buffer (HUB_BUFFER_SESSION_MAX_
-    # FRAMES), and was stored no faster than a flush's worth per flush interval: the hub's
-    # core was not its to take (measured: 11-12 % of a core; 34 % without the pacing, as
-    # fast as this test can send).
+    # FRAMES), and was stored no faster than a flush's worth (500) per flush interval (50 ms):
+    # the hub's core was not its to take. That bound holds whatever the machine's speed; the
+    # CPU share the flood costs is printed, not asserted (measured: 11-13 % of a core, 28 %
+    # once on a loaded machine; without the pacing 58 %, with three times the bound stored).
     async with httpx.AsyncClient() as client:
         live = (await client.get(f"{hub.http}/health")).json()["live"]
     assert live["buffer_peak_frames"] <= 5_000 + 100
-    assert memory.cpu < 0.25
+    assert stored["frames"] <= 500 * (stored["seconds"] / 0.050 + 1)
     assert "Traceback" not in hub.logs()
 
 
