@@ -142,6 +142,8 @@ class Cluster:
     # Publishing --------------------------------------------------------------------------
 
     def frame(self, session_id: uuid.UUID, seq: int, text: str) -> None:
+        if self.backplane.solitary:
+            return
         message = f"f {self.node} {seq} {text}"
         if len(message) * 4 > self.backplane.max_message_bytes and (
             len(message.encode()) > self.backplane.max_message_bytes

@@ -88,6 +88,23 @@ async def test_messages_reach_the_other_node_not_the_sender(
     assert heard_a.got.empty()  # its own messages are ignored
 
 
+async def test_a_lone_node_does_not_publish_its_frames_but_the_rest() -> None:
+    # A hub process on its own (the in-process backplane with a broker of its own): no other
+    # node can hear a frame, so none is published; presence, ends and erasures still are.
+    backplane = MemoryBackplane()
+    assert backplane.solitary and not MemoryBackplane(MemoryBroker()).solitary
+    published: list[str] = []
+    backplane.publish = lambda channel, message: published.append(message)  # type: ignore[method-assign]
+    cluster = Cluster(backplane, heartbeat_s=60)
+    session_id = uuid.uuid4()
+    cluster.frame(session_id, 1, frame_text(1))
+    assert published == []
+    cluster.presence(session_id, 1, 0, 2, 1234.5)
+    cluster.ended(session_id, 1, datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+    cluster.erased(session_id)
+    assert [m.split(" ", 1)[0] for m in published] == ["p", "e", "x"]
+
+
 async def test_a_frame_too_big_for_the_backplane_becomes_a_marker(
     two_nodes: tuple[Cluster, Cluster, Recorder, Recorder],
 ) -> None:

@@ -37,6 +37,7 @@ class MemoryBackplane:
     connected = True  # nothing in between to lose
 
     def __init__(self, broker: MemoryBroker | None = None) -> None:
+        self.solitary = broker is None  # a broker of its own: no other node can join it
         self.broker = broker or MemoryBroker()
         self._on_message: OnMessage | None = None
         self._channels: set[str] = set()

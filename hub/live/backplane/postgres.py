@@ -58,6 +58,7 @@ CLOSE_TIMEOUT = 2.0
 
 
 class PostgresBackplane:
+    solitary = False
     max_message_bytes = 7900  # NOTIFY payloads must be shorter than 8000 bytes
 
     def __init__(

@@ -51,6 +51,7 @@ CLOSE_TIMEOUT = 2.0
 
 
 class RedisBackplane:
+    solitary = False
     max_message_bytes = 1 << 20
 
     def __init__(
