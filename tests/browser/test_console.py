@@ -1,7 +1,7 @@
 """The therapist console in a real Chromium (Playwright) against a real hub: sign in with the
 login link, find a session in the history, read its report (the values of GET /report),
 print it to PDF, follow a session live, sign out. No console errors, no CSP violations.
-Screenshots for the README are written to docs/screenshots/."""
+The README's screenshots are taken here (written to docs/screenshots/ with UPDATE_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,12 +32,11 @@ from tests.support.live import (
     task_frame,
     wait_acked,
 )
-from tests.support.playwright import chromium
+from tests.support.playwright import chromium, screenshot_path
 from tests.support.streams import FRAMES, TASKS, session_script, stream
 
 pytestmark = pytest.mark.slow
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 UPLOT = ROOT / "hub" / "static" / "vendor" / "uplot"
 
 
@@ -110,7 +110,7 @@ def shown(value: float, scale: float, decimals: int, unit: str) -> str:
 
 
 @pytest.mark.timeout(120)
-async def test_sign_in_history_report_and_print(console: Console) -> None:
+async def test_sign_in_history_report_and_print(console: Console, tmp_path: Path) -> None:
     session_id, report = await streamed_session(console.hub)
     page = console.page
     await console.sign_in()
@@ -163,8 +163,7 @@ async def test_sign_in_history_report_and_print(console: Console) -> None:
     )
     assert await page.locator(".chart canvas").count() == 4
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / "console-report.png"), full_page=True)
+    await page.screenshot(path=screenshot_path("console-report.png", tmp_path), full_page=True)
     await page.emulate_media(media="print")
     pdf = await page.pdf(format="A4", print_background=True)
     assert pdf.startswith(b"%PDF-") and len(pdf) > 10_000
@@ -193,7 +192,7 @@ async def test_sign_in_history_report_and_print(console: Console) -> None:
                 summary["mean"], rel=1e-12
             )
     assert await page.locator("section.task .chart canvas").count() == 3 * 3
-    await page.screenshot(path=str(SCREENSHOTS / "console-progress.png"), full_page=True)
+    await page.screenshot(path=screenshot_path("console-progress.png", tmp_path), full_page=True)
 
     assert await console.problems() == []
 
@@ -206,7 +205,7 @@ async def test_sign_in_history_report_and_print(console: Console) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_live_view_draws_every_frame_and_resumes(console: Console) -> None:
+async def test_live_view_draws_every_frame_and_resumes(console: Console, tmp_path: Path) -> None:
     session_id = await create_session(console.hub.http, child_ref="child-0043")
     page = console.page
     await console.sign_in()
@@ -240,8 +239,8 @@ async def test_live_view_draws_every_frame_and_resumes(console: Console) -> None
             assert await page.evaluate(f"window.consoleLive.points('{metric}')") == 90
         await page.locator("#current", has_text="squat").wait_for(timeout=10_000)
         assert "mirror is connected" in await page.locator("#mirror").inner_text()
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOTS / "console-live.png"), full_page=True)
+        path = screenshot_path("console-live.png", tmp_path)
+        await page.screenshot(path=path, full_page=True)
 
         # The network of the console's computer is cut while 2 s of frames are stored.
         await console.context.set_offline(True)

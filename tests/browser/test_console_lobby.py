@@ -2,8 +2,8 @@
 PostgreSQL: a session's tile appears within a second of its mirror connecting and its values
 update; the hub is SIGKILLed and started again on the same port and database, and the tile
 says "reconnecting" until the mirror is back, then live again; the mirror's `end` moves the
-session to today's ended sessions. No console errors, no CSP violations. The screenshot for
-the README is written to docs/screenshots/console-lobby.png."""
+session to today's ended sessions. No console errors, no CSP violations. The README's
+screenshot is taken here (written to docs/screenshots/ with UPDATE_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, expect
@@ -19,14 +20,12 @@ from hub.login_codes import issue_login_code
 from tests.support import ROOT
 from tests.support.console import WATCH_PAGE, problems
 from tests.support.live import TOKENS, HubProcess, create_session, new_task_id, token
-from tests.support.playwright import chromium
+from tests.support.playwright import chromium, screenshot_path
 
 sys.path.insert(0, str(ROOT / "client_examples"))
 from mirror_client import MirrorClient
 
 pytestmark = pytest.mark.slow
-
-SCREENSHOT = ROOT / "docs" / "screenshots" / "console-lobby.png"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.mark.timeout(120)
 async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
-    browser: Browser, start_hub: Callable[..., Awaitable[HubProcess]]
+    browser: Browser, start_hub: Callable[..., Awaitable[HubProcess]], tmp_path: Path
 ) -> None:
     hub = await start_hub()
     context = await browser.new_context(
@@ -107,7 +106,7 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         await expect(tile.get_by_role("link")).to_have_attribute(
             "href", f"/console/live/{session_id}"
         )
-        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        await page.screenshot(path=screenshot_path("console-lobby.png", tmp_path), full_page=True)
         assert await problems(page, errors) == []
 
         # The hub dies: every tile says reconnecting, in words too.

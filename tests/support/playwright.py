@@ -4,10 +4,13 @@ found as tests/support/browser.py finds it — a failure under CI=true, a skip e
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from playwright.async_api import Browser, async_playwright
 
+from tests.support import ROOT
 from tests.support.browser import chromium as chromium_executable
 
 CHROMIUM_ARGS = [
@@ -32,3 +35,13 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Where a test saves the screenshot `name`: the README's docs/screenshots with
+    UPDATE_SCREENSHOTS=1 (to refresh them), else the test's own directory, so that running
+    the tests leaves the checkout as it was."""
+    refresh = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    folder = ROOT / "docs" / "screenshots" if refresh else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
