@@ -50,7 +50,7 @@ class Backplane(Protocol):
     solitary: bool
     """True when no other node can ever hear this one: the in-process backplane of a hub
     process on its own. A node then skips publishing its frames, which only other nodes use
-    (at 18,000 deliveries a second that was 4 % of the hub's CPU for nothing)."""
+    (at 9,000 frames a second, 300 sessions, that was 4 % of the hub's samples for nothing)."""
 
     max_message_bytes: int
     """The largest single message (UTF-8 bytes) the transport carries; larger ones are not
