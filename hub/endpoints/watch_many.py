@@ -37,7 +37,6 @@ from hub.frames import (
     error_message,
 )
 from hub.live.admission import Ticket
-from hub.live.lobby import Lobby
 from hub.live.registry import SessionUnavailable
 from hub.live.session import LiveSession
 from hub.live.subscriptions import Subscription, Subscriptions, session_error, tagged
@@ -250,7 +249,7 @@ class Connection:
         subs.lobby = True
         live_hub.lobby.listeners.add(subs)
         subs.say(encode_dict({"type": "subscribed", "session_id": LOBBY, "mode": "overview"}))
-        for text in Lobby.live_now(live_hub.sessions):
+        for text in live_hub.lobby.live_now(live_hub.sessions):
             subs.say(text)
 
     async def _open_session(self, session_id: uuid.UUID, request: Subscribe) -> None:

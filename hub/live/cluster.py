@@ -12,6 +12,12 @@ Every node that holds a live session in memory subscribes to the session's chann
     e <node> <last_seq> <ended_at>     the session ended after frame `last_seq`
     x <node>                           the session was erased
 
+Every node that is not alone (see `Backplane.solitary`) also subscribes to the lobby channel,
+`LOBBY_CHANNEL`, where it publishes its lobby messages (`hub.live.lobby`) as they are:
+
+    l <node> <lobby message JSON>      a session went live, its presence changed, it ended
+    r <node> <session_live JSON>       the heartbeat's repeat of a session live on the node
+
 The format is a header of space-separated fields, then the frame's JSON as it is, so a frame
 is never re-encoded on its way through. Sequence numbers, not the backplane, make delivery
 gap-free: see `Room.offer` and `hub.live.gaps`.
@@ -31,6 +37,10 @@ from hub import metrics
 from hub.live.backplane.base import Backplane
 
 log = logging.getLogger("hub.cluster")
+
+
+# Not a session's channel: `session_of` gives None for it (not hexadecimal).
+LOBBY_CHANNEL = "mh_lobby"
 
 
 def channel_of(session_id: uuid.UUID) -> str:
@@ -65,6 +75,8 @@ class Listener(Protocol):
 
     def on_remote_erased(self, session_id: uuid.UUID) -> None: ...
 
+    def on_remote_lobby(self, node: str, text: str, refresh: bool) -> None: ...
+
     def on_backplane_reset(self) -> None: ...
 
 
@@ -95,6 +107,9 @@ class Cluster:
         its own so that a slow database or transport never delays a heartbeat, `maintain`."""
         self._listener = listener
         await self.backplane.start(self._on_message, self._on_reset)
+        if not self.backplane.solitary:
+            # Held for the node's life: not in `_subscribed`, which heartbeats sweep.
+            await self.backplane.subscribe(LOBBY_CHANNEL)
         self._loops = [
             asyncio.create_task(self._every_beat(beat), name="hub-heartbeat"),
             asyncio.create_task(self._every_beat(maintain), name="hub-maintenance"),
@@ -171,6 +186,19 @@ class Cluster:
     def erased(self, session_id: uuid.UUID) -> None:
         self.backplane.publish(channel_of(session_id), f"x {self.node}")
 
+    def lobby(self, text: str, refresh: bool = False) -> None:
+        if self.backplane.solitary:
+            return
+        message = f"{'r' if refresh else 'l'} {self.node} {text}"
+        if len(message) * 4 > self.backplane.max_message_bytes and (
+            len(message.encode()) > self.backplane.max_message_bytes
+        ):
+            # A session row too big to carry: the lobbies of other nodes miss it (the
+            # session's own watchers, anywhere, do not).
+            log.warning("a lobby message over %d bytes was not published", len(message))
+            return
+        self.backplane.publish(LOBBY_CHANNEL, message)
+
     # Receiving ---------------------------------------------------------------------------
 
     def _on_reset(self) -> None:
@@ -187,13 +215,17 @@ class Cluster:
             return
         listener = self._listener
         session_id = session_of(channel)
-        if listener is None or session_id is None:
+        if listener is None or (session_id is None and channel != LOBBY_CHANNEL):
             return
         kind, node, rest = [*message.split(" ", 2), "", ""][:3]
         self.messages_in += 1
         metrics.BACKPLANE_MESSAGES_IN.inc()
         try:
-            if kind == "f":
+            if session_id is None:
+                if kind not in ("l", "r"):
+                    raise ValueError(f"unknown kind {kind!r}")
+                listener.on_remote_lobby(node, rest, kind == "r")
+            elif kind == "f":
                 seq, text = rest.split(" ", 1)
                 listener.on_remote_frame(session_id, int(seq), text or None)
             elif kind == "p":

@@ -87,11 +87,15 @@ class LiveHub:
             self.publish,
             self._lose_track,
         )
+        # The lobby feed's hooks (live, presence, ended), told to the other nodes if any.
+        solitary = self.cluster.backplane.solitary
+        self.lobby = Lobby(None if solitary else self.cluster.lobby)
         self.peers = Peers(
             self.cluster,
             self.sessions,
             lambda: self.store,
             self.gaps,
+            self.lobby,
             self.publish,
             self._end_after,
             lambda session_id: self.erase(session_id, announce=False),
@@ -112,7 +116,6 @@ class LiveHub:
             settings.max_connections_per_client,
             settings.max_unauthenticated_per_client,
         )
-        self.lobby = Lobby()  # the lobby feed's hooks: live, presence, ended
         self.accepting = True
         self._connections: set[asyncio.Task[None]] = set()  # open sockets, for shutdown
         self._shutdown_done: asyncio.Future[None] | None = None

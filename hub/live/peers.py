@@ -1,5 +1,6 @@
-"""This node among the others: what it tells them of its sessions (presence, every heartbeat)
-and what it does with what they say (frames, presence, ends, erasures, a backplane reset).
+"""This node among the others: what it tells them of its sessions (presence and the lobby's
+live sessions, every heartbeat) and what it does with what they say (frames, presence, ends,
+erasures, lobby messages, a backplane reset).
 
 Sequence numbers carry the guarantees across nodes: a frame heard of and not received shows up
 as a gap, filled from storage (`GapFiller`). Heartbeats also check storage for what no node
@@ -18,6 +19,7 @@ from datetime import datetime
 from hub import closecodes
 from hub.live.cluster import Cluster, PresenceNote
 from hub.live.gaps import GapFiller
+from hub.live.lobby import Lobby
 from hub.live.registry import Registry
 from hub.live.session import LiveSession
 from hub.storage.live_store import LiveStore, StorageUnavailable
@@ -34,6 +36,7 @@ class Peers:
         registry: Registry,
         store: Callable[[], LiveStore],
         gaps: GapFiller,
+        lobby: Lobby,
         publish: Callable[[LiveSession, int, str | None], None],
         end_after: Callable[[LiveSession, int, datetime], None],
         erase: Callable[[uuid.UUID], None],
@@ -42,6 +45,7 @@ class Peers:
         self._registry = registry
         self._store = store
         self._gaps = gaps
+        self._lobby = lobby
         self._publish = publish
         self._end_after = end_after
         self._erase = erase
@@ -78,6 +82,10 @@ class Peers:
                 live.broadcast_presence()
             if live.room.watchers or live.mirror_connected:
                 self.announce(live)
+        if not cluster.backplane.solitary:
+            self._lobby.expire(expired_before)
+            for text in self._lobby.refresh(self._registry):
+                cluster.lobby(text, refresh=True)
 
     async def maintain(self) -> None:
         """Every heartbeat, off the announcing path: check storage for what no node may be
@@ -162,6 +170,9 @@ class Peers:
         # A connection of the mirror here is a stale one: the session's end was written.
         live.close_mirror(closecodes.SESSION_ENDED)
         self._end_after(live, last_seq, ended_at)
+
+    def on_remote_lobby(self, node: str, text: str, refresh: bool) -> None:
+        self._lobby.heard(node, text, time.monotonic(), refresh=refresh)
 
     def on_remote_erased(self, session_id: uuid.UUID) -> None:
         # Announced only after the deletion committed: it is gone for good (a load under way

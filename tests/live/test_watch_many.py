@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -203,6 +204,44 @@ async def test_the_lobby_sees_a_session_go_live_and_end(
             await send(late, {"type": "subscribe", "session_id": "*", "mode": "overview"})
             await late_inbox.until(lambda: bool(late_inbox.by_type["session_live"]))
             assert [m["session_id"] for m in late_inbox.by_type["session_live"]] == [other]
+
+
+@pytest.mark.slow
+async def test_the_lobby_sees_the_sessions_of_every_worker(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`hub serve --workers 2`: a lobby on either worker is told of the sessions whose mirror
+    is connected to the other one (the PostgreSQL backplane), live and ended."""
+    hub = HubProcess(database_url, tmp_path / "hub.log", workers=2, HUB_BACKPLANE="postgres")
+    await hub.start()
+
+    def sessions_in(inbox: Inbox, kind: str) -> set[str]:
+        return {m["session_id"] for m in inbox.by_type[kind]}
+
+    try:
+        async with contextlib.AsyncExitStack() as stack, asyncio.timeout(60):
+            # Each connection lands on whichever worker accepts it: open mirrors until both
+            # workers have one.
+            mirrors: dict[str, tuple[str, ClientConnection]] = {}
+            while len(mirrors) < 2:
+                sid = await create_session(hub.http, child_name="Worker Child")
+                opened = open_client(hub.ws, sid, "mirror")
+                mirror, welcome = await stack.enter_async_context(opened)
+                mirrors.setdefault(welcome["node"], (sid, mirror))
+            live = {sid for sid, _ in mirrors.values()}
+            ws = await stack.enter_async_context(watch_many(hub))
+            inbox = await stack.enter_async_context(reading(ws))
+            await send(ws, {"type": "subscribe", "session_id": "*", "mode": "overview"})
+            await inbox.until(lambda: live <= sessions_in(inbox, "session_live"))
+            for _, mirror in mirrors.values():
+                await send(mirror, metrics_frame(1))
+                await wait_acked(mirror, 1)
+                await send(mirror, {"type": "end", "last_seq": 1})
+            await inbox.until(lambda: live <= sessions_in(inbox, "session_ended"))
+    finally:
+        code = await hub.stop()
+    assert code == 0, hub.logs()
+    assert "Traceback" not in hub.logs()
 
 
 async def test_a_forbidden_subscription_is_refused_and_the_connection_stays_open(
