@@ -194,7 +194,8 @@ class Completeness(Struct):
     # Seqs between 1 and last_seq that are not stored, as [first, last] ranges (at most 1,000).
     missing_ranges: list[tuple[int, int]]
     missing_count: int
-    # Not recorded by this hub version: always null.
+    # Times the mirror's connection was lost and made again (connections after the first);
+    # null for a session recorded before the hub counted them.
     mirror_disconnections: int | None = None
 
 

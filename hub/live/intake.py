@@ -63,8 +63,7 @@ class Intake:
         try:
             # The mirror may come from another node, which stored frames this node never
             # accepted: continue after what storage holds.
-            first = live.room.session.get("mirror_connected_at") is None
-            claim = await self._store().claim_mirror(live.id, first, STORAGE_TIMEOUT_S)
+            claim = await self._store().claim_mirror(live.id, STORAGE_TIMEOUT_S)
             if claim.mirror_connected_at is not None:
                 live.room.update_session(mirror_connected_at=claim.mirror_connected_at)
         except StorageUnavailable as exc:

@@ -174,16 +174,24 @@ async def frames_between(
     return [(r["seq"], r["text"]) for r in rows]
 
 
-async def mirror_claim(conn: asyncpg.Connection, session_id: uuid.UUID) -> tuple[int, float]:
-    """For a mirror connecting: the highest stored seq, and the time by the database's clock,
-    the one clock every hub node shares (their own clocks may disagree)."""
+async def mirror_claim(
+    conn: asyncpg.Connection, session_id: uuid.UUID
+) -> tuple[datetime | None, int, float]:
+    """For a mirror connecting, in one statement: count the connection and record the first
+    one's time (returned; None if the session is gone), and read the highest stored seq and
+    the time by the database's clock, the one clock every hub node shares."""
     row = await conn.fetchrow(
-        "SELECT coalesce(max(seq), 0) AS seq, extract(epoch FROM clock_timestamp())::float8 AS at"
+        "WITH s AS (UPDATE sessions"
+        " SET mirror_connected_at = coalesce(mirror_connected_at, now()),"
+        " mirror_connections = mirror_connections + 1"
+        " WHERE id = $1 RETURNING mirror_connected_at)"
+        " SELECT (SELECT mirror_connected_at FROM s) AS connected_at,"
+        " coalesce(max(seq), 0) AS seq, extract(epoch FROM clock_timestamp())::float8 AS at"
         " FROM frames WHERE session_id = $1",
         session_id,
     )
     assert row is not None
-    return row["seq"], row["at"]
+    return row["connected_at"], row["seq"], row["at"]
 
 
 async def stored_tails(
@@ -222,15 +230,6 @@ async def load_session_state(
         max_tasks,
     )
     return {"session": dict(row), "tasks": [dict(t) for t in tasks]}
-
-
-async def mark_mirror_connected(conn: asyncpg.Connection, session_id: uuid.UUID) -> datetime:
-    value: datetime = await conn.fetchval(
-        "UPDATE sessions SET mirror_connected_at = coalesce(mirror_connected_at, now())"
-        " WHERE id = $1 RETURNING mirror_connected_at",
-        session_id,
-    )
-    return value
 
 
 async def mark_ended(conn: asyncpg.Connection, session_id: uuid.UUID) -> datetime:

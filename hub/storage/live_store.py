@@ -60,7 +60,7 @@ class MirrorClaim:
     """What storage says to a mirror connecting: where its frames continue, and when (by the
     database's clock, the one clock every node shares)."""
 
-    mirror_connected_at: datetime | None  # set when asked to mark the first connection
+    mirror_connected_at: datetime | None  # the first connection's (None: the session is gone)
     stored_seq: int
     claimed_at: float
 
@@ -105,18 +105,13 @@ class LiveStore:
         async with self._connection() as conn:
             return await sql.load_session_state(conn, session_id, max_tasks)
 
-    async def claim_mirror(
-        self, session_id: uuid.UUID, first_connection: bool, timeout_s: float
-    ) -> MirrorClaim:
-        """A mirror connects: record its first connection if `first_connection`, and read the
-        highest stored seq (another node's connection may have stored frames this one never
-        saw) with the database's time."""
+    async def claim_mirror(self, session_id: uuid.UUID, timeout_s: float) -> MirrorClaim:
+        """A mirror connects: count the connection (the first one's time is recorded), and
+        read the highest stored seq (another node's connection may have stored frames this
+        one never saw) with the database's time. One statement: a claim that fails counts
+        nothing (the mirror connects again)."""
         async with self._connection(timeout_s) as conn:
-            connected_at = (
-                await sql.mark_mirror_connected(conn, session_id) if first_connection else None
-            )
-            stored_seq, claimed_at = await sql.mirror_claim(conn, session_id)
-        return MirrorClaim(connected_at, stored_seq, claimed_at)
+            return MirrorClaim(*await sql.mirror_claim(conn, session_id))
 
     async def mark_ended(self, session_id: uuid.UUID) -> datetime:
         async with self._connection() as conn:

@@ -17,9 +17,11 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -70,6 +72,9 @@ class Session(Base):
     # Set by the live path: when the mirror first connected and when the session ended.
     mirror_connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Mirror connections made to the session (each one after the first followed a lost one);
+    # NULL for sessions recorded before the hub counted them.
+    mirror_connections: Mapped[int | None] = mapped_column(Integer, server_default=text("0"))
 
 
 class Task(Base):

@@ -16,7 +16,8 @@ from hub.schemas import Completeness, MetricSummary, SessionReport, TaskReport
 MAX_RANGES = 1_000
 
 SESSION = text(
-    "SELECT id, child_ref, created_at, mirror_connected_at, ended_at FROM sessions WHERE id = :s"
+    "SELECT id, child_ref, created_at, mirror_connected_at, ended_at, mirror_connections"
+    " FROM sessions WHERE id = :s"
 )
 TASKS = text(
     "SELECT id, task_name, status, duration_seconds, metrics FROM tasks"
@@ -112,5 +113,12 @@ async def session_report(db: AsyncSession, session_id: uuid.UUID) -> SessionRepo
             last_seq=last,
             missing_ranges=ranges[:MAX_RANGES],
             missing_count=missing,
+            # Each connection after the first followed a lost one. NULL: not counted (the
+            # session was recorded by a hub before the count).
+            mirror_disconnections=(
+                None
+                if session.mirror_connections is None
+                else max(session.mirror_connections - 1, 0)
+            ),
         ),
     )

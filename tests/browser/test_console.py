@@ -151,7 +151,11 @@ async def test_sign_in_history_report_and_print(console: Console, tmp_path: Path
     stability = page.locator('tr[data-metric="stability"] td[data-stat="mean"]').first
     assert "good" in (await stability.get_attribute("class") or "")
     words = await page.locator("#completeness-words").inner_text()
-    assert words == f"All {FRAMES + 3} frames the mirror sent were stored; none is missing."
+    # Two mirror connections (the stream, then the frames outside tasks): one lost.
+    assert words == (
+        f"All {FRAMES + 3} frames the mirror sent were stored; none is missing."
+        " The mirror's connection was lost once and made again."
+    )
     # A chart per metric, drawn from the stored frames.
     charts = page.locator(".chart")
     assert await charts.count() == 4

@@ -108,7 +108,7 @@ async def test_report_equals_sql_over_the_stored_frames(
         "last_seq": FRAMES + 5,
         "missing_ranges": [],
         "missing_count": 0,
-        "mirror_disconnections": None,
+        "mirror_disconnections": 1,  # the stream's connection, then another one
     }
 
 
@@ -129,6 +129,7 @@ async def test_report_names_missing_seqs(hub_server: HubProcess, engine: AsyncEn
     assert report["completeness"]["missing_ranges"] == [[1, 2], [7, 7], [10, 12]]
     assert report["completeness"]["missing_count"] == 6
     assert report["completeness"]["frames_stored"] == 14
+    assert report["completeness"]["mirror_disconnections"] == 0  # one connection
     assert report["outside_tasks"]["accuracy"]["count"] == 14
 
 

@@ -89,6 +89,28 @@ async def test_up_down_up_and_no_drift(empty_database: str) -> None:
         await engine.dispose()
 
 
+async def test_sessions_recorded_before_the_connection_count_stay_uncounted(
+    empty_database: str,
+) -> None:
+    """The migration adding `mirror_connections` leaves existing rows NULL (their report
+    says not counted, not zero) and new sessions start at 0."""
+    engine = create_async_engine(empty_database)
+    old, new = uuid.uuid4(), uuid.uuid4()
+    insert = text("INSERT INTO sessions (id, child_name) VALUES (:i, 'x')")
+    count = text("SELECT mirror_connections FROM sessions WHERE id = :i")
+    try:
+        await upgrade(engine, "7d2e4c9a1f60")
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"i": old})
+        await upgrade(engine, "head")
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"i": new})
+            assert (await conn.execute(count, {"i": old})).scalar_one() is None
+            assert (await conn.execute(count, {"i": new})).scalar_one() == 0
+    finally:
+        await engine.dispose()
+
+
 def run(args: list[str], url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": url}
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

@@ -34,20 +34,26 @@ function metricTable(catalogue, metrics, taskKey) {
     })));
 }
 
-function completenessWords(c) {
+function storedWords(c) {
   if (!c.frames_stored) return "No frames were stored for this session.";
-  const expected = c.last_seq;
   if (!c.missing_count) {
     return `All ${number(c.frames_stored)} frames the mirror sent were stored; none is missing.`;
   }
-  return `${number(c.frames_stored)} of ${number(expected)} frames were stored; ` +
+  return `${number(c.frames_stored)} of ${number(c.last_seq)} frames were stored; ` +
     `${number(c.missing_count)} never reached the hub.`;
+}
+
+function completenessWords(c) {
+  const lost = c.mirror_disconnections;
+  if (!lost) return storedWords(c);
+  const times = lost === 1 ? "once" : `${number(lost)} times`;
+  return `${storedWords(c)} The mirror's connection was lost ${times} and made again.`;
 }
 
 function completeness(report) {
   const c = report.completeness;
   const disconnections = c.mirror_disconnections === null || c.mirror_disconnections === undefined
-    ? "not recorded by this hub version"
+    ? "not counted (recorded by an older hub version)"
     : number(c.mirror_disconnections);
   return h("section", { id: "completeness" },
     h("h2", {}, "Completeness"),
