@@ -70,10 +70,16 @@ class Lobby:
         if self.heard_of:
             self._tell(self.live_message(live))
 
-    def presence(self, live: LiveSession) -> None:
-        if self.heard_of:
-            message = {"type": "session_presence", "session_id": live.id, **_presence(live)}
-            self._tell(_encode(message).decode())
+    def presence(self, live: LiveSession, mirror_left: bool = False) -> None:
+        """The session's presence changed (here, or as this node heard from another). With
+        other nodes, the mirror's node speaks for it (it hears every node's watchers): another
+        node's view may not know of the mirror yet. It also says when the mirror left it."""
+        if not self.heard_of:
+            return
+        if self._publish is not None and not (live.mirror_connected or mirror_left):
+            return
+        message = {"type": "session_presence", "session_id": live.id, **_presence(live)}
+        self._tell(_encode(message).decode())
 
     def ended(self, live: LiveSession, last_seq: int) -> None:
         if self.heard_of:

@@ -154,7 +154,7 @@ class LiveHub:
 
     def detach_mirror(self, live: LiveSession, link: MirrorLink) -> None:
         self.intake.detach_mirror(live, link)
-        self.lobby.presence(live)
+        self.lobby.presence(live, mirror_left=True)
 
     async def admit(
         self, live: LiveSession, frames: Sequence[Frame], size: int

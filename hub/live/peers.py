@@ -80,6 +80,7 @@ class Peers:
             if gone:
                 log.info("session=%s: %d node(s) silent, dropped from presence", live.id, gone)
                 live.broadcast_presence()
+                self._lobby.presence(live)
             if live.room.watchers or live.mirror_connected:
                 self.announce(live)
         if not cluster.backplane.solitary:
@@ -157,6 +158,7 @@ class Peers:
                 live.close_mirror(closecodes.REPLACED)
         if changed:
             live.broadcast_presence()
+            self._lobby.presence(live)
         if new_node and room.knows(note.node) and (room.watchers or live.mirror_connected):
             self.announce(live)  # a node new to this session learns of us at once
 

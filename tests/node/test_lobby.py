@@ -56,13 +56,24 @@ async def test_a_lobby_follows_a_session_whose_mirror_is_on_another_node(
         await settle()
         assert lobby.got[-1]["type"] == "session_presence"
         assert lobby.got[-1]["watchers"] == 1 and lobby.got[-1]["mirror"] == "connected"
+        # A watcher on B, which has not heard of A's mirror when it joins: the lobby hears
+        # the mirror's node (A), which counts B's watcher, never B's own partial view.
+        async with node_b.use(session_id) as live_b:
+            assert live_b is not None
+            watch(node_b, live_b)
+            await settle()
+            presence = [m for m in lobby.got if m["type"] == "session_presence"]
+            assert presence[-1]["watchers"] == 2
+            assert {m["mirror"] for m in presence} == {"connected"}
 
-        assert node_a.accept(live, [frame(s) for s in range(1, 4)]) is None
-        await wait_stored(node_a, session_id, 3)
-        await node_a.end(live, 3)
-        node_a.detach_mirror(live, link)
+            assert node_a.accept(live, [frame(s) for s in range(1, 4)]) is None
+            await wait_stored(node_a, session_id, 3)
+            await node_a.end(live, 3)
+            node_a.detach_mirror(live, link)
     await settle()
-    assert lobby.of(session_id)[-2:] == ["session_ended", "session_presence"]
+    assert "session_ended" in lobby.of(session_id)
+    assert lobby.got[-1]["type"] == "session_presence"
+    assert lobby.got[-1]["mirror"] == "disconnected"
     assert node_b.lobby.live_now(node_b.sessions) == []
 
 

@@ -125,7 +125,11 @@ def test_this_nodes_changes_go_to_its_listeners_and_to_the_other_nodes() -> None
     table.listeners.add(listener)
     room, _ = make_room()
     session = LiveSession(uuid.uuid4(), 0, False, room)
+    # Without the mirror here, this node's view of the presence is not the one to tell...
     table.presence(session)
+    assert published == listener.got == []
+    # ...but that the mirror left it is.
+    table.presence(session, mirror_left=True)
     table.ended(session, 4)
     assert [orjson.loads(t) for t in published] == listener.got
     assert [m["type"] for m in listener.got] == ["session_presence", "session_ended"]
