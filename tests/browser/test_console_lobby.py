@@ -19,7 +19,14 @@ from playwright.async_api import Browser, expect
 from hub.login_codes import issue_login_code
 from tests.support import ROOT
 from tests.support.console import WATCH_PAGE, problems
-from tests.support.live import TOKENS, HubProcess, create_session, new_task_id, token
+from tests.support.live import (
+    TOKENS,
+    HubProcess,
+    create_session,
+    new_task_id,
+    open_client,
+    token,
+)
 from tests.support.playwright import chromium, screenshot_path
 
 sys.path.insert(0, str(ROOT / "client_examples"))
@@ -108,6 +115,13 @@ async def test_lobby_tiles_follow_sessions_across_a_hub_restart(
         )
         await page.screenshot(path=screenshot_path("console-lobby.png", tmp_path), full_page=True)
         assert await problems(page, errors) == []
+
+        # The watchers a tile counts are the others: the lobby's own subscription is not one.
+        state = tile.locator(".state")
+        await expect(state).to_have_text("Mirror connected")
+        async with open_client(hub.ws, session_id, "watch"):
+            await expect(state).to_have_text("Mirror connected · 1 other watching")
+        await expect(state).to_have_text("Mirror connected")
 
         # The hub dies: every tile says reconnecting, in words too.
         hub.kill()

@@ -45,6 +45,7 @@ export class Lobby {
     const ws = new WebSocket(`${scheme}//${location.host}/ws/watch`);
     this.ws = ws;
     this.subscribed.clear();
+    for (const tile of this.tiles.values()) tile.counted = false;
     ws.onopen = () => ws.send(JSON.stringify({ type: "hello", token, protocol: 2, overview_hz: 4 }));
     ws.onmessage = (event) => this.receive(JSON.parse(event.data));
     ws.onclose = () => {
@@ -135,6 +136,7 @@ export class Lobby {
       return;
     }
     const tile = this.tile(m.session_id, m.session);
+    tile.counted = true; // from here on the hub counts this lobby among the watchers
     const tasks = m.tasks || [];
     if (tasks.length) tile.task = tasks[tasks.length - 1];
     tile.merge(m.latest || {});
@@ -154,6 +156,8 @@ export class Lobby {
   refused(m) {
     if (!m.session_id || m.session_id === "*") return;
     this.subscribed.delete(m.session_id);
+    const tile = this.tiles.get(m.session_id);
+    if (tile) tile.counted = false;
     if (m.code === "resync" || m.code === "unavailable") {
       setTimeout(() => this.subscribe(m.session_id), 1000);
     } else if (m.code === "unknown") {
@@ -201,6 +205,9 @@ class TileState {
     this.session = session || { id };
     this.mirror = "connected";
     this.watchers = null;
+    // Whether `watchers` counts this lobby's own overview subscription (it does once its
+    // snapshot came): the tile shows the others, not the screen it is on.
+    this.counted = false;
     this.since = Date.now();
     this.task = null;
     this.values = new Map(); // name → [latest, ...history]
@@ -239,7 +246,8 @@ class TileState {
   render(hubLost, now) {
     const state = hubLost || this.mirror !== "connected" ? "reconnecting" : "live";
     this.el.dataset.state = state;
-    const watchers = this.watchers === null ? "" : ` · ${number(this.watchers)} watching`;
+    const others = Math.max(0, (this.watchers ?? 0) - (this.counted ? 1 : 0));
+    const watchers = others ? ` · ${number(others)} ${others === 1 ? "other" : "others"} watching` : "";
     this.stateEl.textContent = `${mirrorWords(this, hubLost, now)}${watchers}`;
     const started = Date.parse(this.session.mirror_connected_at ?? "");
     this.ageEl.textContent = Number.isFinite(started)
