@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from hub.login_codes import issue_login_code
 from tests.support import ROOT
@@ -243,6 +243,12 @@ async def test_live_view_draws_every_frame_and_resumes(console: Console, tmp_pat
             assert await page.evaluate(f"window.consoleLive.points('{metric}')") == 90
         await page.locator("#current", has_text="squat").wait_for(timeout=10_000)
         assert "mirror is connected" in await page.locator("#mirror").inner_text()
+        # Watchers in words, this page being one of them.
+        watchers = page.locator("#watchers")
+        await expect(watchers).to_have_text("You are the only one watching.")
+        async with open_client(console.hub.ws, session_id, "watch"):
+            await expect(watchers).to_have_text("You and 1 other are watching.")
+        await expect(watchers).to_have_text("You are the only one watching.")
         path = screenshot_path("console-live.png", tmp_path)
         await page.screenshot(path=path, full_page=True)
 

@@ -183,7 +183,11 @@ function connect(token) {
     ui.mirror.textContent = e.detail.mirror === "connected"
       ? "The mirror is connected."
       : "The mirror is not connected; waiting for it to come back.";
-    ui.watchers.textContent = `${number(e.detail.watchers)} watching`;
+    // The hub counts this page among the watchers.
+    const others = Math.max(0, e.detail.watchers - 1);
+    ui.watchers.textContent = others
+      ? `You and ${number(others)} ${others === 1 ? "other" : "others"} are watching.`
+      : "You are the only one watching.";
   });
   client.addEventListener("frame", (e) => onFrame(e.detail));
   client.addEventListener("close", (e) => {
