@@ -178,7 +178,7 @@ async def test_default_serve_shows_info_lines_in_one_format_and_the_token_last(
         await connect_a_mirror(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", admin_token)
         # The hub's own INFO lines show under the default level (Alembic's logging setup
         # used to raise it to WARNING).
-        await hub.wait_for(lambda line: "INFO" in line and "mirror connected" in line)
+        await hub.wait_for(lambda line: "INFO" in line and "mirror connected session=" in line)
         code = await hub.stop(signal.SIGINT)  # Ctrl-C
     assert code == 0, hub.text()
     box_end = max(i for i, (_, line) in enumerate(hub.lines) if line == RULE)
@@ -207,7 +207,7 @@ async def test_json_logs_are_one_object_per_line(
             session_id = await connect_a_mirror(
                 f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", admin_token
             )
-            connected = await hub.wait_for(lambda line: "mirror connected" in line)
+            connected = await hub.wait_for(lambda line: "mirror connected session=" in line)
             assert orjson.loads(connected)["session_id"] == session_id, connected
             await hub.stop()
     assert hub.lines, "the hub said nothing"

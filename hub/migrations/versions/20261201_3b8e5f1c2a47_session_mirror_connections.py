@@ -1,4 +1,4 @@
-"""session mirror_connections: how many times a mirror connected to the session
+"""session mirror_connections: the count of a session's mirror connections
 
 Revision ID: 3b8e5f1c2a47
 Revises: 7d2e4c9a1f60
