@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from hub import closecodes
 from tests.support.live import (
@@ -27,6 +28,7 @@ from tests.support.live import (
     metrics_frame,
     open_client,
     recv,
+    recv_until,
     require_redis_server,
     send,
     staff_headers,
@@ -247,6 +249,34 @@ async def test_presence_shows_mirror_gone_when_its_node_dies(
             took = loop.time() - killed_at
     # Expiry is 3 heartbeats; a heartbeat sweep runs every heartbeat: at most 4 in all.
     assert took <= 4 * HEARTBEAT_MS / 1000 + 2.0, f"presence corrected after {took:.2f} s"
+
+
+async def test_a_lobby_on_another_node_sees_the_session_until_its_node_dies(
+    start_hub: StartHub, backplane: str
+) -> None:
+    """The lobby feed across nodes: a lobby on B hears of a mirror connecting to A, and when A
+    dies (no goodbye) it hears the mirror is disconnected once A's repeats stop."""
+    env = {"HUB_BACKPLANE": backplane, "HUB_BACKPLANE_HEARTBEAT_MS": str(HEARTBEAT_MS)}
+    node_a = await start_hub(**env)
+    node_b = await start_hub(**env)
+    session_id = await create_session(node_a.http)
+    async with connect(f"{node_b.ws}/ws/watch", compression=None) as lobby:
+        await send(lobby, {"type": "hello", "token": token("therapist"), "protocol": 2})
+        assert (await recv(lobby))["type"] == "welcome"
+        await send(lobby, {"type": "subscribe", "session_id": "*", "mode": "overview"})
+        assert (await recv(lobby))["type"] == "subscribed"
+        async with open_client(node_a.ws, session_id, "mirror"):
+            live = await recv_until(lobby, "session_live")
+            assert live["session_id"] == session_id
+            assert live["presence"]["mirror"] == "connected"
+            node_a.kill()
+            loop = asyncio.get_running_loop()
+            killed_at = loop.time()
+            gone = await recv_until(lobby, "session_presence")
+            took = loop.time() - killed_at
+    assert gone["session_id"] == session_id and gone["mirror"] == "disconnected"
+    assert took <= 4 * HEARTBEAT_MS / 1000 + 2.0, f"lobby corrected after {took:.2f} s"
+    assert "Traceback" not in node_b.logs()
 
 
 @pytest.mark.timeout(180)
