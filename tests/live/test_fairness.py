@@ -62,6 +62,10 @@ class Neighbour:
         self.ready = asyncio.Event()  # streaming, watched and acked
         self.stop = asyncio.Event()
         self.sent = 0
+        # The seq of the last frame, set before it is sent: the readers end with it. (Ending
+        # on `stop` and `sent` raced: a reader could see `stop` before the sender had counted
+        # its last frame, and miss that frame's ack.)
+        self.final_seq: int | None = None
 
     async def run(self) -> None:
         session_id = await create_session(self.hub.http)
@@ -75,7 +79,7 @@ class Neighbour:
 
             async def acks() -> None:
                 acked = 0
-                while acked < self.sent or not self.stop.is_set():
+                while self.final_seq is None or acked < self.final_seq:
                     message = await recv(mirror, 20)
                     if message["type"] != "ack":
                         continue
@@ -86,7 +90,7 @@ class Neighbour:
                     self.ready.set()
 
             async def watch(ws: ClientConnection, index: int) -> None:
-                while counts[index] < self.sent or not self.stop.is_set():
+                while self.final_seq is None or counts[index] < self.final_seq:
                     message = await recv(ws, 20)
                     if message["type"] == "metrics":
                         self.watched.append(time.time() - message["ts"])
@@ -98,10 +102,13 @@ class Neighbour:
             start = time.monotonic()
             while True:  # a last frame after `stop`, which the readers end with
                 seq = self.sent + 1
+                last = self.stop.is_set()
+                if last:
+                    self.final_seq = seq
                 sent_at[seq] = time.monotonic()
                 self.sent = seq
                 await send(mirror, metrics_frame(seq, accuracy=0.9, stability=0.8))
-                if self.stop.is_set():
+                if last:
                     break
                 due = start + seq / RATE
                 with contextlib.suppress(TimeoutError):
