@@ -11,35 +11,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 
-from hub import closecodes
-from tests.support.nodes import StartNode, frame, heartbeats, settle, wait_stored, watch
-
-
-class Listener:
-    """A lobby listener, as a `/ws/watch` connection subscribed to "*" is one."""
-
-    def __init__(self) -> None:
-        self.got: list[dict[str, Any]] = []
-
-    def say(self, text: str) -> None:
-        self.got.append(orjson.loads(text))
-
-    def close_lobby(self, code: closecodes.CloseCode) -> None:
-        pass
-
-    def of(self, session_id: uuid.UUID) -> list[str]:
-        return [m["type"] for m in self.got if m["session_id"] == str(session_id)]
+from tests.support.nodes import (
+    LobbyListener,
+    StartNode,
+    frame,
+    heartbeats,
+    settle,
+    wait_stored,
+    watch,
+)
 
 
 async def test_a_lobby_follows_a_session_whose_mirror_is_on_another_node(
     start_node: StartNode, new_session: Callable[[], Awaitable[uuid.UUID]]
 ) -> None:
     node_a, node_b = await start_node(), await start_node()
-    lobby = Listener()
+    lobby = LobbyListener()
     node_b.lobby.listeners.add(lobby)
     session_id = await new_session()
     async with node_a.use(session_id) as live:
@@ -86,7 +76,7 @@ async def test_a_node_started_later_learns_the_live_sessions_from_the_heartbeat(
         assert live is not None
         link = await node_a.attach_mirror(live)
         node_c = await start_node()  # missed the session_live
-        lobby = Listener()
+        lobby = LobbyListener()
         node_c.lobby.listeners.add(lobby)
         assert node_c.lobby.live_now(node_c.sessions) == []
         await heartbeats(node_a, rounds=1)

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from hub import closecodes
 from hub.frames import MetricsFrame, encode
 from hub.live.backplane.base import OnMessage, OnReset
 from hub.live.backplane.memory import MemoryBackplane, MemoryBroker
@@ -246,3 +247,21 @@ def make_room(seq: int = 0, max_pending: int = 100) -> tuple[Room, Watcher]:
 
 def delivered(watcher: Watcher) -> list[str]:
     return list(watcher.outbox.items)
+
+
+class LobbyListener:
+    """A lobby listener, as a `/ws/watch` connection subscribed to "*" is one: what it was
+    told, decoded."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+
+    def say(self, text: str) -> None:
+        self.got.append(orjson.loads(text))
+
+    def close_lobby(self, code: closecodes.CloseCode) -> None:
+        pass
+
+    def of(self, session_id: uuid.UUID | str) -> list[str]:
+        """The types of the messages about `session_id`, in order."""
+        return [m["type"] for m in self.got if m["session_id"] == str(session_id)]

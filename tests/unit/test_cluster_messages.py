@@ -93,16 +93,25 @@ async def test_a_lone_node_does_not_publish_its_frames_but_the_rest() -> None:
     # node can hear a frame, so none is published; presence, ends and erasures still are.
     backplane = MemoryBackplane()
     assert backplane.solitary and not MemoryBackplane(MemoryBroker()).solitary
-    published: list[str] = []
-    backplane.publish = lambda channel, message: published.append(message)  # type: ignore[method-assign]
     cluster = Cluster(backplane, heartbeat_s=60)
+    await cluster.start(Recorder(), lambda: None, noop)
+    # What goes out on its broker, heard as a transport's subscriber would hear it.
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = MemoryBackplane(backplane.broker)
+    await listener.start(lambda channel, message: heard.put_nowait(message), lambda: None)
     session_id = uuid.uuid4()
-    cluster.frame(session_id, 1, frame_text(1))
-    assert published == []
-    cluster.presence(session_id, 1, 0, 2, 1234.5)
-    cluster.ended(session_id, 1, datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
-    cluster.erased(session_id)
-    assert [m.split(" ", 1)[0] for m in published] == ["p", "e", "x"]
+    await listener.subscribe(channel_of(session_id))
+    try:
+        cluster.frame(session_id, 1, frame_text(1))
+        cluster.presence(session_id, 1, 0, 2, 1234.5)
+        cluster.ended(session_id, 1, datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+        cluster.erased(session_id)
+        async with asyncio.timeout(5):
+            kinds = [(await heard.get()).split(" ", 1)[0] for _ in range(3)]
+        assert kinds == ["p", "e", "x"] and heard.empty()
+    finally:
+        await cluster.stop()
+        await listener.close()
 
 
 async def test_a_frame_too_big_for_the_backplane_becomes_a_marker(

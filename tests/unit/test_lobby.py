@@ -4,26 +4,13 @@ node's listeners, what a new listener is told, and how a silent node's sessions 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import orjson
 import pytest
 
-from hub import closecodes
 from hub.live.lobby import Lobby
 from hub.live.session import LiveSession
-from tests.support.nodes import make_room
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.got: list[dict[str, Any]] = []
-
-    def say(self, text: str) -> None:
-        self.got.append(orjson.loads(text))
-
-    def close_lobby(self, code: closecodes.CloseCode) -> None:
-        raise AssertionError("not closed in these tests")
+from tests.support.nodes import LobbyListener, make_room
 
 
 def live(session_id: str, watchers: int = 0) -> str:
@@ -49,14 +36,14 @@ def ended(session_id: str) -> str:
 
 
 @pytest.fixture
-def lobby() -> tuple[Lobby, Listener]:
-    lobby, listener = Lobby(), Listener()
+def lobby() -> tuple[Lobby, LobbyListener]:
+    lobby, listener = Lobby(), LobbyListener()
     lobby.listeners.add(listener)
     return lobby, listener
 
 
 def test_another_nodes_session_is_passed_on_and_told_to_new_listeners(
-    lobby: tuple[Lobby, Listener],
+    lobby: tuple[Lobby, LobbyListener],
 ) -> None:
     table, listener = lobby
     sid = str(uuid.uuid4())
@@ -73,7 +60,9 @@ def test_another_nodes_session_is_passed_on_and_told_to_new_listeners(
     assert table.live_now([]) == []
 
 
-def test_a_repeat_heard_first_is_news_after_lost_messages(lobby: tuple[Lobby, Listener]) -> None:
+def test_a_repeat_heard_first_is_news_after_lost_messages(
+    lobby: tuple[Lobby, LobbyListener],
+) -> None:
     # A node that started later, or missed the session_live on the backplane.
     table, listener = lobby
     sid = str(uuid.uuid4())
@@ -83,7 +72,7 @@ def test_a_repeat_heard_first_is_news_after_lost_messages(lobby: tuple[Lobby, Li
 
 
 def test_a_mirror_that_moved_stays_with_the_node_that_has_it(
-    lobby: tuple[Lobby, Listener],
+    lobby: tuple[Lobby, LobbyListener],
 ) -> None:
     table, listener = lobby
     sid = str(uuid.uuid4())
@@ -101,7 +90,7 @@ def test_a_mirror_that_moved_stays_with_the_node_that_has_it(
 
 
 def test_the_sessions_of_a_silent_node_expire_as_disconnected(
-    lobby: tuple[Lobby, Listener],
+    lobby: tuple[Lobby, LobbyListener],
 ) -> None:
     table, listener = lobby
     old, recent = str(uuid.uuid4()), str(uuid.uuid4())
@@ -112,7 +101,7 @@ def test_the_sessions_of_a_silent_node_expire_as_disconnected(
     assert listener.got[-1] == orjson.loads(presence(old, "disconnected", 2))
 
 
-def test_an_unknown_lobby_message_is_refused(lobby: tuple[Lobby, Listener]) -> None:
+def test_an_unknown_lobby_message_is_refused(lobby: tuple[Lobby, LobbyListener]) -> None:
     table, listener = lobby
     with pytest.raises(ValueError):
         table.heard("a", '{"type": "party", "session_id": "x"}', now=1.0)
@@ -121,7 +110,7 @@ def test_an_unknown_lobby_message_is_refused(lobby: tuple[Lobby, Listener]) -> N
 
 def test_this_nodes_changes_go_to_its_listeners_and_to_the_other_nodes() -> None:
     published: list[str] = []
-    table, listener = Lobby(published.append), Listener()
+    table, listener = Lobby(published.append), LobbyListener()
     table.listeners.add(listener)
     room, _ = make_room()
     session = LiveSession(uuid.uuid4(), 0, False, room)
