@@ -99,11 +99,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # collector's full scans, which otherwise grow with the write buffer and stall the loop.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        folding = asyncio.create_task(metrics.fold_periodically())
         try:
             yield
         finally:
             restore_signals()
             await live.shutdown()
+            folding.cancel()  # folds once more: the shutdown's acks count
+            await asyncio.gather(folding, return_exceptions=True)
             # After uvicorn has finished every request: each read's row is queued by now.
             await audit.close()
             await engine.dispose()

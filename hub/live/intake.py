@@ -183,7 +183,7 @@ class Intake:
             )
             self._publish(live, frame.seq, text, frame)
             self._cluster.frame(live.id, frame.seq, text)
-            metrics.FRAMES_RECEIVED.inc()
+            metrics.received()
         return None
 
     async def end(self, live: LiveSession, last_seq: int) -> str:
