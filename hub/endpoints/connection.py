@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -80,6 +81,42 @@ def next_message(outbox: SendQueue, batching: Batching | None) -> str:
     return outbox.pop()
 
 
+class TurnEnd:
+    """Callbacks to run once each after this turn of the event loop, in the order added, from
+    one loop callback: a `call_soon` per watcher and frame cost 1.9 µs (a handle and a copy of
+    the context each), a callback here 0.2 µs. One per event loop (`of`)."""
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnEnd] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[Callable[[], None]] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> TurnEnd:
+        turn_end = cls._of_loop.get(loop)
+        if turn_end is None:
+            turn_end = cls._of_loop[loop] = cls(loop)
+        return turn_end
+
+    def add(self, callback: Callable[[], None]) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.run)
+        self.pending.append(callback)
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, []
+        for callback in pending:
+            try:
+                callback()
+            except Exception as exc:  # as the loop does for a failed callback: report, go on
+                self.loop.call_exception_handler(
+                    {"message": f"Exception in callback {callback!r}", "exception": exc}
+                )
+
+
 class DirectWrites:
     """An idle watcher writer's stand-in: on a push, the queue is written straight to the
     socket at the end of this turn of the event loop (so a mirror's batch, fanned out in one
@@ -90,13 +127,13 @@ class DirectWrites:
         self.raw = raw
         self.outbox = outbox
         self.batching = batching
-        self.loop = asyncio.get_running_loop()
+        self.turn_end = TurnEnd.of(asyncio.get_running_loop())
         self.scheduled = False
 
     def __call__(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.drain)
+            self.turn_end.add(self.drain)
 
     def drain(self) -> None:
         self.scheduled = False
