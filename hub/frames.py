@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -87,15 +87,6 @@ class TaskFrame(
 
 
 Frame = MetricsFrame | TaskFrame
-
-
-# Each frame type's `type`, which is also the `kind` it is stored under.
-_KIND_OF: dict[type, str] = {cls: str(cls.__struct_config__.tag) for cls in get_args(Frame)}
-
-
-def kind_of(frame: Frame) -> str:
-    """The stored `kind` of `frame`: a new frame type needs no mapping elsewhere."""
-    return _KIND_OF[type(frame)]
 
 
 class Batch(Struct, tag="batch", tag_field="type", forbid_unknown_fields=True):

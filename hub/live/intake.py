@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from hub import metrics
-from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode, kind_of
+from hub.frames import Ended, Frame, ProtocolError, TaskFrame, encode
 from hub.live.buffer import WriteBuffer
 from hub.live.cluster import Cluster
 from hub.live.gaps import GapFiller
@@ -173,9 +173,6 @@ class Intake:
                 PendingFrame(
                     session_id=live.id,
                     seq=frame.seq,
-                    kind=kind_of(frame),
-                    task_id=frame.task_id,
-                    device_ts=frame.ts,
                     received_at=received_at,
                     text=text,
                     task=frame if isinstance(frame, TaskFrame) else None,

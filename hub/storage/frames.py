@@ -22,10 +22,15 @@ if TYPE_CHECKING:
     from hub.storage.live_store import PendingFrame
 
 
+# The kind, task and device time are the payload's `type`, `task_id` and `ts` (the frame's
+# canonical JSON, so they read back exactly): four arrays to send instead of seven (asyncpg
+# encodes arrays element by element, about 0.7 µs each).
 INSERT_FRAMES = """
 INSERT INTO frames (session_id, seq, kind, task_id, device_ts, received_at, payload)
-SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::float8[],
-                     $6::timestamptz[], $7::jsonb[])
+SELECT f.session_id, f.seq, f.payload ->> 'type', (f.payload ->> 'task_id')::uuid,
+       (f.payload ->> 'ts')::float8, f.received_at, f.payload
+FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[])
+    AS f(session_id, seq, received_at, payload)
 ON CONFLICT DO NOTHING
 """
 INSERT_FRAMES_RETURNING_TASKS = INSERT_FRAMES + " RETURNING session_id, seq, kind"
@@ -79,9 +84,6 @@ async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -
     columns: tuple[list[Any], ...] = (
         [f.session_id for f in batch],
         [f.seq for f in batch],
-        [f.kind for f in batch],
-        [f.task_id for f in batch],
-        [f.device_ts for f in batch],
         [f.received_at for f in batch],
         [f.text for f in batch],
     )

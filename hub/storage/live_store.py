@@ -46,11 +46,10 @@ class PendingFrame:
 
     session_id: uuid.UUID
     seq: int
-    kind: str
-    task_id: uuid.UUID | None
-    device_ts: float
     received_at: datetime
-    text: str  # the frame's canonical JSON: stored as the payload and sent to watchers
+    # The frame's canonical JSON: stored as the payload (its kind, task and device time
+    # are read from it) and sent to watchers.
+    text: str
     task: TaskFrame | None  # task events also update the tasks table
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
 

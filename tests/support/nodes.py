@@ -197,9 +197,6 @@ def accept_as_newer_hub(node: Node, live: LiveSession, seq: int, text: str) -> N
         PendingFrame(
             session_id=live.id,
             seq=seq,
-            kind="metrics",
-            task_id=None,
-            device_ts=1.0,
             received_at=datetime.now(UTC),
             text=text,
             task=None,

@@ -31,9 +31,6 @@ def pending(session_id: uuid.UUID, seq: int, size: int = 10) -> PendingFrame:
     return PendingFrame(
         session_id=session_id,
         seq=seq,
-        kind="metrics",
-        task_id=None,
-        device_ts=1.0,
         received_at=datetime.now(UTC),
         text=f'{{"type":"metrics","seq":{seq},"ts":1.0,"values":{{"x":{"1" * size}}}}}',
         task=None,
