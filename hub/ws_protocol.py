@@ -7,6 +7,11 @@
   (`hub.endpoints.connection.DirectWrites`).
 - Lighter per-connection state (`ReceiveQueue`, `Flag`), since thousands of idle watchers
   each keep one of everything.
+- A take-at-once for the app (scope extension `RECEIVE_NOW`): a text message that arrives
+  while the app's reader waits with nothing queued is offered to a handler the app set,
+  synchronously; taken, it skips the queue, the reader's task switch and ASGI's receive
+  (`hub.endpoints.mirror_ws`: a mirror's usual frame). At most one message per read from
+  the socket is offered, so a burst still goes through the queue, one message per turn.
 - A read-at-once for the usual client message, one masked, unfragmented text frame
   (`read_frames`): parsed here instead of by websockets' generator-based parser, which was
   the largest cost of a mirror's frame after the system calls. Every other frame goes to
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -34,8 +40,10 @@ from hub.flag import Flag
 
 log = logging.getLogger("hub.edge")
 
-# The scope extension under which a WebSocket connection offers its write-at-once.
+# The scope extensions under which a WebSocket connection offers its write-at-once and its
+# take-at-once.
 SEND_NOW = "hub.send_now"
+RECEIVE_NOW = "hub.receive_now"
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -92,6 +100,11 @@ class ReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
+    def consumer_waiting(self) -> bool:
+        """Whether the consumer waits in `get` with nothing queued (so it is not in the middle
+        of handling an earlier item)."""
+        return not self._items and self._getter is not None and not self._getter.done()
+
     async def get(self) -> Any:
         while not self._items:
             if self._getter is not None and not self._getter.done():
@@ -108,12 +121,17 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Lighter than what uvicorn makes (each idle watcher keeps them; see ReceiveQueue).
-        self.queue = ReceiveQueue(self.loop)  # type: ignore[assignment]
+        self.received = ReceiveQueue(self.loop)
+        self.queue = self.received  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()  # as uvicorn's: writable until the transport pauses writing
         # Bytes received and not parsed yet while the hub parses frames itself (None while
         # websockets does, as during the handshake).
         self.unparsed: bytearray | None = None
+        # The app's take-at-once handler (RECEIVE_NOW), and whether this read from the socket
+        # has offered it a message already.
+        self.take_now: Callable[[str], bool] | None = None
+        self.offered_now = False
 
     async def send(self, message: Any) -> None:
         await super().send(message)
@@ -130,6 +148,13 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
                 "writable": self.writable_now,
                 "write": self.write_text,
             }
+            scope["extensions"][RECEIVE_NOW] = {"set": self.set_take_now}
+
+    def set_take_now(self, handler: Callable[[str], bool] | None) -> None:
+        """From now on (until set to None) offer `handler` each text message that arrives
+        while the app's reader waits with nothing queued; a message it takes (returns True)
+        is not queued. It runs in the protocol's callback: it must not raise, nor block."""
+        self.take_now = handler
 
     def writable_now(self) -> bool:
         """Whether `write_text` may be called: the connection is open for messages and its
@@ -156,6 +181,7 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(text_frame(payload))
 
     def data_received(self, data: bytes) -> None:
+        self.offered_now = False
         if self.unparsed is None:
             if not (
                 self.handshake_complete and not self.close_sent and at_frame_boundary(self.conn)
@@ -235,6 +261,11 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_close(closecodes.INVALID_TEXT.code, closecodes.INVALID_TEXT.meaning)
             self.handle_parser_exception()
             return
+        take_now = self.take_now
+        if take_now is not None and not self.offered_now and self.received.consumer_waiting():
+            self.offered_now = True
+            if take_now(text):
+                return
         self.queue.put_nowait({"type": "websocket.receive", "text": text})
         if not self.read_paused:  # until the app has read it (uvicorn's backpressure)
             self.read_paused = True

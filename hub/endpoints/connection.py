@@ -24,7 +24,7 @@ from hub.frames import Ack, Batching, encode
 from hub.live.node import LiveHub
 from hub.live.sendqueue import SendQueue
 from hub.live.session import MirrorLink
-from hub.ws_protocol import SEND_NOW
+from hub.ws_protocol import RECEIVE_NOW, SEND_NOW
 
 log = logging.getLogger("hub.connection")
 
@@ -219,6 +219,29 @@ async def _send_delayed(
     return sent_at
 
 
+def _taking_now(
+    take_now: Callable[[str], bool], outbox: SendQueue, rate_limit: RateLimit
+) -> Callable[[str], bool]:
+    """`take_now` under the reader's rules: nothing once a close is asked; a message past the
+    rate is left to the reader (which closes); a failure closes with 1011, as the reader's
+    would."""
+
+    def take(text: str) -> bool:
+        if outbox.close_code is not None or not rate_limit.has_token():
+            return False
+        try:
+            taken = take_now(text)
+        except Exception:
+            log.error("connection failed; closing with 1011", exc_info=True)
+            outbox.close(closecodes.INTERNAL)
+            return True
+        if taken:
+            rate_limit.tokens -= 1
+        return taken
+
+    return take
+
+
 async def pump(
     websocket: WebSocket,
     outbox: SendQueue,
@@ -227,13 +250,21 @@ async def pump(
     link: MirrorLink | None = None,
     batching: Batching | None = None,
     ack_interval_s: float = 0.0,
+    take_now: Callable[[str], bool] | None = None,
 ) -> None:
     """Run a connection: a writer task drains the outbox, a reader task hands each text
-    message to `on_text`. Ends when the peer leaves or a close is requested on the outbox;
-    then closes the socket with the requested code."""
+    message to `on_text`. With `take_now`, where the server offers it (RECEIVE_NOW), a
+    message that arrives while the reader waits is first offered to `take_now`, at once;
+    what it does not take (returns False, having done nothing) goes to `on_text`. Ends when
+    the peer leaves or a close is requested on the outbox; then closes the socket with the
+    requested code."""
+    rate_limit = RateLimit(rate)
     writer = asyncio.create_task(run_writer(websocket, outbox, link, batching, ack_interval_s))
-    reader = asyncio.create_task(_read(websocket, outbox, on_text, RateLimit(rate)))
+    reader = asyncio.create_task(_read(websocket, outbox, on_text, rate_limit))
     closing = outbox.closing.waiter()
+    offer = (websocket.scope.get("extensions") or {}).get(RECEIVE_NOW)
+    if take_now is not None and offer is not None:
+        offer["set"](_taking_now(take_now, outbox, rate_limit))
     try:
         await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
         reader.cancel()
@@ -246,6 +277,8 @@ async def pump(
                 async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT_S):
                     await close(websocket, outbox.close_code, outbox.close_reason)
     finally:
+        if take_now is not None and offer is not None:
+            offer["set"](None)
         for task in (writer, reader, closing):
             task.cancel()
         await asyncio.gather(writer, reader, closing, return_exceptions=True)
@@ -270,9 +303,10 @@ async def serve(
     on_text: Callable[[str], Awaitable[None]],
     link: MirrorLink | None = None,
     batching: Batching | None = None,
+    take_now: Callable[[str], bool] | None = None,
 ) -> None:
     """Run one connection until it ends; the node's shutdown waits for every one of them.
-    `batching`: a protocol 2 watcher's."""
+    `batching`: a protocol 2 watcher's; `take_now`: see `pump`."""
     rate = node.settings.ws_max_messages_per_s
     ack_interval_s = 1 / node.settings.ack_max_hz
     # The endpoint's own task (no task of its own: an idle watcher keeps few objects).
@@ -282,7 +316,7 @@ async def serve(
     gauge = metrics.MIRROR_CONNECTIONS if link is not None else metrics.WATCHER_CONNECTIONS
     gauge.inc()
     try:
-        await pump(websocket, outbox, on_text, rate, link, batching, ack_interval_s)
+        await pump(websocket, outbox, on_text, rate, link, batching, ack_interval_s, take_now)
     finally:
         node.connection_closed(task)
         gauge.dec()
@@ -298,11 +332,15 @@ class RateLimit:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
-    def allow(self) -> bool:
+    def has_token(self) -> bool:
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1:
+        return self.tokens >= 1
+
+    def allow(self) -> bool:
+        """Take a token for a message, if there is one."""
+        if not self.has_token():
             return False
         self.tokens -= 1
         return True

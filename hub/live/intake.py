@@ -137,6 +137,15 @@ class Intake:
             pass
         return frozenset(taken)
 
+    def admits_now(self, live: LiveSession, frames: Sequence[Frame], size: int) -> bool:
+        """Whether `admit` would return NO_TASKS without waiting: one frame that names no
+        task to check (not a task frame), and room for it in the buffer."""
+        return (
+            len(frames) == 1
+            and not isinstance(frames[0], TaskFrame)
+            and self._buffer.fits(live.id, 1, size)
+        )
+
     def accept(
         self,
         live: LiveSession,

@@ -161,6 +161,11 @@ class LiveHub:
     ) -> frozenset[uuid.UUID]:
         return await self.intake.admit(live, frames, size)
 
+    def admits_now(self, live: LiveSession, frames: Sequence[Frame], size: int) -> bool:
+        """Whether `admit` would return at once with no task ids to refuse: one metrics
+        frame, with room for it in the write buffer."""
+        return self.intake.admits_now(live, frames, size)
+
     def accept(
         self,
         live: LiveSession,
