@@ -69,8 +69,14 @@ def at_frame_boundary(conn: Protocol) -> bool:
     """Whether websockets' parser is waiting for the first byte of a new message with nothing
     buffered: only then may the bytes that follow be parsed elsewhere. Its parser is a chain
     of generators; between frames the innermost is `StreamReader.at_eof`. (Should a future
-    websockets parse differently, this is False and websockets parses everything.)"""
-    if conn.reader.buffer or conn.state is not State.OPEN or conn.current_size is not None:
+    websockets parse differently, this is False and websockets parses everything.) Also
+    False while websockets logs every frame (its logger at DEBUG): that log stays whole."""
+    if (
+        conn.debug
+        or conn.reader.buffer
+        or conn.state is not State.OPEN
+        or conn.current_size is not None
+    ):
         return False
     gen: Any = conn.parser
     while gen.gi_yieldfrom is not None:
