@@ -1,10 +1,11 @@
 """The hub's Prometheus metrics: every metric object lives here, and `/metrics` renders them.
 
 Labelled children are bound once, at import, so an update is never a label lookup. What the
-live path counts per frame, per watcher hand-off and per ack goes through a `Tally` (plain
-numbers, folded into the metric before every render and every `FOLD_INTERVAL_S`): an update of
-a prometheus-client metric takes a lock and several calls, 2.5 µs for a hand-off's two
-histograms against 0.5 µs for the tallies, one hand-off per frame per watcher. Several worker
+live path counts per frame, per watcher hand-off and per ack goes through a tally
+(`CounterTally`, `HistogramTally`: plain numbers, folded into the metric before every render
+and every `FOLD_INTERVAL_S`): an update of a prometheus-client metric takes a lock and several
+calls, 2.5 µs for a hand-off's two histograms against 0.5 µs for the tallies, one hand-off per
+frame per watcher. Several worker
 processes (`hub serve --workers N`) report one total: `hub serve` then sets
 PROMETHEUS_MULTIPROC_DIR to a fresh directory before the workers start, prometheus-client
 keeps each process's values in a file there, and `/metrics` on any worker adds them up (gauges
@@ -157,16 +158,18 @@ class CounterTally:
 class HistogramTally:
     """Observations of `histogram` not yet added to it: a count per bucket and their sum.
 
-    Folding adds them through the histogram's bucket and sum values (`_buckets`, `_sum`),
-    which prometheus-client has no public call for; tests/unit/test_metrics_tally.py checks
-    that the result renders exactly as the same `observe` calls would."""
+    Its buckets are the histogram's own, and folding adds them through the histogram's bucket
+    and sum values (`_upper_bounds`, `_buckets`, `_sum`), which prometheus-client has no
+    public call for; tests/unit/test_metrics_tally.py checks that the result renders exactly
+    as the same `observe` calls would."""
 
     __slots__ = ("bounds", "counts", "histogram", "total")
 
-    def __init__(self, histogram: Histogram, bounds: tuple[float, ...]) -> None:
+    def __init__(self, histogram: Histogram) -> None:
         self.histogram = histogram
-        self.bounds = bounds  # the histogram's finite upper bounds; one more bucket for +Inf
-        self.counts = [0] * (len(bounds) + 1)
+        # The finite upper bounds; the last bucket (+Inf) takes the rest.
+        self.bounds = tuple(histogram._upper_bounds[:-1])
+        self.counts = [0] * (len(self.bounds) + 1)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
@@ -188,9 +191,9 @@ class HistogramTally:
 
 _RECEIVED = CounterTally(FRAMES_RECEIVED)
 _ACKS = CounterTally(ACKS_SENT)
-_ACK_LATENCY = HistogramTally(ACK_LATENCY, LATENCY_BUCKETS)
-_BROADCAST_LAG = HistogramTally(BROADCAST_LAG, LATENCY_BUCKETS)
-_QUEUE_FRAMES = HistogramTally(WATCHER_QUEUE_FRAMES, COUNT_BUCKETS)
+_ACK_LATENCY = HistogramTally(ACK_LATENCY)
+_BROADCAST_LAG = HistogramTally(BROADCAST_LAG)
+_QUEUE_FRAMES = HistogramTally(WATCHER_QUEUE_FRAMES)
 TALLIES = (_RECEIVED, _ACKS, _ACK_LATENCY, _BROADCAST_LAG, _QUEUE_FRAMES)
 
 

@@ -24,7 +24,7 @@ def test_a_folded_histogram_renders_as_observed_one() -> None:
         direct_registry, folded_registry = CollectorRegistry(), CollectorRegistry()
         direct = Histogram("h", "help", buckets=buckets, registry=direct_registry)
         folded = Histogram("h", "help", buckets=buckets, registry=folded_registry)
-        tally = HistogramTally(folded, buckets)
+        tally = HistogramTally(folded)
         for value in values:
             direct.observe(value)
             tally.observe(value)
