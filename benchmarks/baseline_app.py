@@ -10,6 +10,10 @@ on the same tables (`hub.storage.models`), served by uvicorn with the hub's own 
 
     python benchmarks/baseline_app.py --port 8100 --database-url postgresql://…/bench_x
 
+With `--no-store` it stores nothing: each frame is checked the same way, acked at once and
+sent to every watcher. That is the bare fan-out (uvicorn + Starlette, nothing written) whose
+capacity bounds what any hub on this stack can reach on a machine.
+
 Not for production, not part of the hub: it exists to be measured against.
 """
 
@@ -61,8 +65,9 @@ class Room:
 
 
 class State:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, store: bool) -> None:
         self.pool = pool
+        self.store = store  # False: the bare fan-out, no INSERT
         self.rooms: dict[uuid.UUID, Room] = {}
         self._lock = asyncio.Lock()
 
@@ -132,18 +137,19 @@ async def mirror(websocket: WebSocket) -> None:
                     await websocket.send_text(error_message(exc).decode())
                     break
                 out = encode(frame).decode()
-                # One frame, one transaction: the INSERT commits before anything else happens.
-                async with state.pool.acquire() as conn:
-                    await conn.execute(
-                        INSERT_FRAME,
-                        session_id,
-                        frame.seq,
-                        "task" if isinstance(frame, TaskFrame) else "metrics",
-                        frame.task_id,
-                        frame.ts,
-                        datetime.now(UTC),
-                        out,
-                    )
+                if state.store:
+                    # One frame, one transaction: the INSERT commits before anything else.
+                    async with state.pool.acquire() as conn:
+                        await conn.execute(
+                            INSERT_FRAME,
+                            session_id,
+                            frame.seq,
+                            "task" if isinstance(frame, TaskFrame) else "metrics",
+                            frame.task_id,
+                            frame.ts,
+                            datetime.now(UTC),
+                            out,
+                        )
                 room.last_seq = frame.seq
                 await websocket.send_text(f'{{"type":"ack","seq":{frame.seq}}}')
                 for watcher in list(room.watchers):
@@ -176,7 +182,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(database_url: str) -> Starlette:
+def create_app(database_url: str, store: bool = True) -> Starlette:
     sqlalchemy_url = normalize_database_url(database_url)
     dsn = sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
@@ -187,7 +193,7 @@ def create_app(database_url: str) -> Starlette:
             await conn.run_sync(Base.metadata.create_all)
         await engine.dispose()
         pool = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
-        app.state.baseline = State(pool)
+        app.state.baseline = State(pool, store)
         try:
             yield
         finally:
@@ -210,10 +216,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--database-url", required=True)
+    parser.add_argument(
+        "--no-store", action="store_true", help="store nothing: ack at once, then fan out"
+    )
     args = parser.parse_args()
     # The same server stack and flags as `hub serve` (hub/cli_serve.py).
     uvicorn.run(
-        create_app(args.database_url),
+        create_app(args.database_url, store=not args.no_store),
         host=args.host,
         port=args.port,
         loop="uvloop",

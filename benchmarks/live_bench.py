@@ -10,9 +10,10 @@
     python benchmarks/live_bench.py clinic --target hub-p2,hub,hub@HEAD~5   # protocol 2 watchers
     python benchmarks/live_bench.py max --target hub --watcher-protocol 2
     python benchmarks/live_bench.py lobby --target hub --watcher-protocol 2   # + 20 lobbies
+    python benchmarks/live_bench.py max --target hub,fanout   # against a fan-out storing nothing
 
 Every run starts a fresh server process (`hub serve`, or benchmarks/baseline_app.py: one
-transaction per frame before broadcasting) on a fresh database `bench_<random>` created on
+transaction per frame before broadcasting, or with `fanout` none at all) on a fresh database `bench_<random>` created on
 --database-url's server and dropped afterwards. The targets hub-postgres and hub-redis start
 two hub processes instead, joined by that backplane (HUB_BACKPLANE; hub-redis also starts a
 redis-server): mirrors connect to process A, watchers to process B, so every delivery crosses

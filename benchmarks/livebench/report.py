@@ -71,7 +71,7 @@ ROWS: list[Row] = [
     Row("ack latency p99 ms", lambda r: fmt(r.ack_p99_ms, 1), lambda r: r.ack_p99_ms),
     Row("behind when sending stopped s", lambda r: fmt(r.behind_s, 2)),
     Row("lost / duplicate / out-of-order", lambda r: f"{r.lost}/{r.duplicates}/{r.out_of_order}"),
-    Row("stored / sent", lambda r: f"{r.stored}/{r.sent}"),
+    Row("stored / sent", lambda r: r.stored_text()),
     Row("acked / sent", lambda r: f"{r.acked}/{r.sent}"),
     Row(
         "server CPU s / 1000 deliveries", lambda r: fmt(r.cpu_per_1000, 3), lambda r: r.cpu_per_1000
@@ -164,7 +164,7 @@ STEP_COLUMNS: list[Column] = [
     Column("p99 ms", 9, lambda r: fmt(r.p99_ms, 1)),
     Column("max ms", 9, lambda r: fmt(r.max_ms, 0)),
     Column("lost/dup/ooo", 13, lambda r: f"{r.lost}/{r.duplicates}/{r.out_of_order}"),
-    Column("stored/sent", 15, lambda r: f"{r.stored}/{r.sent}"),
+    Column("stored/sent", 15, lambda r: r.stored_text()),
     Column("acked", 8, lambda r: str(r.acked == r.sent)),
     Column("CPU/1k", 7, lambda r: fmt(r.cpu_per_1000, 3)),
     Column("CPU%", 5, lambda r: fmt(r.server_cpu_util * 100, 0)),
@@ -223,7 +223,7 @@ def describe(r: Result) -> str:
     """A run in one progress line."""
     text = (
         f"p50 {fmt(r.p50_ms, 2)} ms, p99 {fmt(r.p99_ms, 2)} ms, lost {r.lost},"
-        f" stored {r.stored}/{r.sent}, CPU {fmt(r.server_cpu_util * 100, 0)}%,"
+        f" stored {r.stored_text()}, CPU {fmt(r.server_cpu_util * 100, 0)}%,"
         f" gen {fmt(r.gen_cpu_util * 100, 0)}%"
     )
     if scaled_out(r):

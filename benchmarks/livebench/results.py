@@ -45,6 +45,7 @@ class Result:
     behind_s: float = 0.0  # how far the slowest watcher was behind when sending stopped
     drain_s: float = 0.0  # time after sending stopped until everything arrived (or timeout)
     stored: int = 0
+    stores: bool = True  # False for the bare fan-out: `stored` is then no criterion
     acked: int = 0
     errors: int = 0  # error frames and unexpected closes seen by the generator
     server_cpu_s: float = 0.0  # the sum over the server's processes (A + B when scaled out)
@@ -103,6 +104,9 @@ class Result:
         """The generator could not offer the load because it ran out of CPU (rather than
         because the server pushed back)."""
         return self.offered_share < GENERATOR_OK_SHARE and self.gen_cpu_util > GENERATOR_BUSY
+
+    def stored_text(self) -> str:
+        return f"{self.stored}/{self.sent}" if self.stores else "not stored"
 
     def closes_text(self) -> str:
         return ", ".join(f"{code}x{n}" for code, n in self.closes.items())

@@ -143,6 +143,7 @@ async def run_once(
                 target.name, load, server, generator, database, profile, args.py_spy_native
             )
             result.stored = await db.fetchval("SELECT count(*) FROM frames")
+            result.stores = server.variant.stores
             health = await server.health()
             # (A hub of an older commit may not report these yet.)
             if health and all("buffer_peak_frames" in h for h in health):

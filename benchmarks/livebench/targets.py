@@ -2,11 +2,12 @@
 
 A target is `hub` (one `hub serve` process), `hub-p2` (the same, its watchers speaking
 protocol 2: frames in batches), `baseline` (benchmarks/baseline_app.py: one transaction per
-frame, then broadcast), or a scaled-out hub, `hub-postgres` or `hub-redis`: two hub processes
-on one database joined by that backplane (hub-redis with a redis-server of its own). Any hub
-target may also name another commit of the hub, `hub@REF`: that commit is exported with
-`git archive` into a temporary folder and run from there by this interpreter, so two versions
-of the hub are measured in one run, with the same settings.
+frame, then broadcast), `fanout` (the same app storing nothing: the bare fan-out), or a
+scaled-out hub, `hub-postgres` or `hub-redis`: two hub processes on one database joined by
+that backplane (hub-redis with a redis-server of its own). Any hub target may also name
+another commit of the hub, `hub@REF`: that commit is exported with `git archive` into a
+temporary folder and run from there by this interpreter, so two versions of the hub are
+measured in one run, with the same settings.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Variant:
     app: str  # "hub" or "baseline"
     backplane: str | None = None  # None: one process; "postgres" or "redis": two
     watcher_protocol: int = 1  # 2: watchers get frames in `batch` messages
+    stores: bool = True  # False: the bare fan-out, which writes no frame
 
     @property
     def processes(self) -> int:
@@ -53,6 +55,7 @@ VARIANTS = {
     "hub": Variant("hub"),
     "hub-p2": Variant("hub", watcher_protocol=2),
     "baseline": Variant("baseline"),
+    "fanout": Variant("baseline", stores=False),
     "hub-postgres": Variant("hub", "postgres"),
     "hub-redis": Variant("hub", "redis"),
 }
@@ -218,6 +221,8 @@ class Server:
             else:
                 command = [sys.executable, str(BASELINE_APP), "--port", str(port)]
                 command += ["--database-url", self.database_url]
+                if not self.variant.stores:
+                    command.append("--no-store")
             name = self.target
             if self.variant.processes > 1:
                 name += "-" + NODE_NAMES[index]

@@ -114,7 +114,7 @@ def failures(r: Result) -> list[str]:
         out.append(f"{r.lost} lost")
     if r.duplicates or r.out_of_order:
         out.append(f"{r.duplicates} dup / {r.out_of_order} ooo")
-    if r.stored != r.sent:
+    if r.stores and r.stored != r.sent:
         out.append(f"stored {r.stored} of {r.sent}")
     if r.acked != r.sent:
         out.append(f"acked {r.acked} of {r.sent}")
