@@ -5,12 +5,15 @@ capped exponential backoff; mirrors keep streaming (and watchers keep watching) 
 buffer is full, then mirror readers pause. Nothing is dropped: a frame leaves the buffer only
 after the transaction that stored it has committed.
 
-A batch holds a fair share of every session's waiting frames (see WriteBuffer.take). One
-session's slow statement (a lock held on its rows, say while it is erased) would hold every
-session of its batch: a batch of several sessions that has not committed within `isolate_s`
-is rolled back and stored again as one transaction per session, in the background, and the
-next batch (the other sessions' newer frames) goes ahead meanwhile. So a slow session delays
-the others by at most one batch and `isolate_s`.
+A batch holds a fair share of every session's waiting frames (see WriteBuffer.take). A lock
+held on one session's rows (say while it is erased) would hold every session of its batch, and
+the flusher with it: a batch's first attempt gives up once it has waited on a lock for
+`isolate_s` (PostgreSQL's lock_timeout, so nothing of it is committed), and the batch is stored
+again as one transaction per session, in the background, while the next batch (the other
+sessions' newer frames) goes ahead. So a locked session delays the others by at most one batch
+and `isolate_s`. Only a lock wait splits a batch: a batch that is merely large, or slow because
+the machine is busy, is never split (storing it as hundreds of transactions would make a busy
+hub slower still).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from collections.abc import Callable, Sequence
 
 from hub import metrics
 from hub.live.buffer import WriteBuffer
-from hub.storage.live_store import LiveStore, PendingFrame, SessionDeleted, StorageUnavailable
+from hub.storage.live_store import (
+    LiveStore,
+    LockWait,
+    PendingFrame,
+    SessionDeleted,
+    StorageUnavailable,
+)
 
 log = logging.getLogger("hub.flusher")
 
@@ -66,20 +75,17 @@ class Flusher:
     async def _run(self) -> None:
         while True:
             batch = await self.buffer.next_batch(self.max_age_s)
-            if len({f.session_id for f in batch}) > 1:
-                # The first attempt of a batch of several sessions has `isolate_s`.
-                try:
-                    async with asyncio.timeout(self.isolate_s):
-                        stored = await self._store(batch)
-                except TimeoutError:  # cancelled, so rolled back: nothing of it is stored
-                    self._isolate(batch)
-                    continue
-                except BaseException:
-                    self.buffer.abandon(batch)
-                    raise
-                if stored is not None:
-                    await self._done(batch, stored)
-                    continue
+            try:
+                stored = await self._store(batch, lock_timeout_s=self.isolate_s)
+            except LockWait:  # rolled back: nothing of it is stored
+                self._isolate(batch)
+                continue
+            except BaseException:
+                self.buffer.abandon(batch)
+                raise
+            if stored is not None:
+                await self._done(batch, stored)
+                continue
             await self.flush(batch)  # storage failed: retry (all sessions wait for it alike)
 
     def _isolate(self, batch: list[PendingFrame]) -> None:
@@ -88,7 +94,7 @@ class Flusher:
         for frame in batch:
             per_session.setdefault(frame.session_id, []).append(frame)
         log.info(
-            "a batch took over %.0f ms; storing its %d sessions apart",
+            "a batch waited on a lock for over %.0f ms; storing its %d session(s) apart",
             self.isolate_s * 1000,
             len(per_session),
         )
@@ -97,13 +103,15 @@ class Flusher:
             self._isolating.add(task)
             task.add_done_callback(self._isolating.discard)
 
-    async def _store(self, batch: list[PendingFrame]) -> list[PendingFrame] | None:
+    async def _store(
+        self, batch: list[PendingFrame], lock_timeout_s: float | None = None
+    ) -> list[PendingFrame] | None:
         """One attempt: the frames stored (without those of deleted sessions), or None if
-        storage failed."""
+        storage failed. Raises LockWait if it waited on a lock for over `lock_timeout_s`."""
         started = time.perf_counter()
         while True:
             try:
-                await self.store.store_batch(batch)
+                await self.store.store_batch(batch, lock_timeout_s)
                 metrics.flushed(len(batch), time.perf_counter() - started)
                 return batch
             except SessionDeleted:

@@ -25,12 +25,18 @@ if TYPE_CHECKING:
 # The kind, task and device time are the payload's `type`, `task_id` and `ts` (the frame's
 # canonical JSON, so they read back exactly): four arrays to send instead of seven (asyncpg
 # encodes arrays element by element, about 0.7 µs each).
+# $5: PostgreSQL's lock_timeout in ms for this statement's transaction (NULL: unchanged), set
+# in the same round trip: the rows are joined with the one-row CTE that sets it, so it is set
+# before any row is inserted or its foreign key checked, and it ends with the transaction.
 INSERT_FRAMES = """
+WITH lock_timeout AS MATERIALIZED (
+    SELECT set_config('lock_timeout', coalesce($5::text, current_setting('lock_timeout')), true)
+)
 INSERT INTO frames (session_id, seq, kind, task_id, device_ts, received_at, payload)
 SELECT f.session_id, f.seq, f.payload ->> 'type', (f.payload ->> 'task_id')::uuid,
        (f.payload ->> 'ts')::float8, f.received_at, f.payload
 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::jsonb[])
-    AS f(session_id, seq, received_at, payload)
+    AS f(session_id, seq, received_at, payload), lock_timeout
 ON CONFLICT DO NOTHING
 """
 INSERT_FRAMES_RETURNING_TASKS = INSERT_FRAMES + " RETURNING session_id, seq, kind"
@@ -78,8 +84,12 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -> None:
-    """Store `batch` in one transaction; raises if nothing was committed."""
+async def store_batch(
+    conn: asyncpg.Connection, batch: Sequence[PendingFrame], lock_timeout_ms: int | None = None
+) -> None:
+    """Store `batch` in one transaction; raises if nothing was committed. With
+    `lock_timeout_ms`, a statement that waits on a lock for longer fails with
+    asyncpg.LockNotAvailableError (and nothing is committed)."""
     # A list per column, each its own comprehension: 7x faster than appending row by row.
     columns: tuple[list[Any], ...] = (
         [f.session_id for f in batch],
@@ -87,14 +97,15 @@ async def store_batch(conn: asyncpg.Connection, batch: Sequence[PendingFrame]) -
         [f.received_at for f in batch],
         [f.text for f in batch],
     )
+    lock_timeout = None if lock_timeout_ms is None else str(lock_timeout_ms)
     if not any(f.task is not None for f in batch):
         # One statement is atomic on its own: no BEGIN/COMMIT round trips around it.
-        await conn.execute(INSERT_FRAMES, *columns)
+        await conn.execute(INSERT_FRAMES, *columns, lock_timeout)
         return
-    async with conn.transaction():
+    async with conn.transaction():  # the lock timeout holds for each of its statements
         inserted = {
             (r["session_id"], r["seq"])
-            for r in await conn.fetch(INSERT_FRAMES_RETURNING_TASKS, *columns)
+            for r in await conn.fetch(INSERT_FRAMES_RETURNING_TASKS, *columns, lock_timeout)
             if r["kind"] == "task"
         }
         changes: dict[uuid.UUID, TaskChange] = {}

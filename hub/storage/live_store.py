@@ -31,6 +31,11 @@ class StorageUnavailable(Exception):
     """PostgreSQL could not be reached or did not answer in time; nothing was committed."""
 
 
+class LockWait(Exception):
+    """A batch stored with a lock timeout waited on a lock (a row another transaction holds,
+    say a session being erased) for longer: nothing of it was committed."""
+
+
 class SessionDeleted(Exception):
     """A batch named a session that no longer exists (erased while live): nothing of the
     batch was committed; `existing_sessions` says which of its sessions are left."""
@@ -95,6 +100,8 @@ class LiveStore:
                 yield conn
         except asyncpg.ForeignKeyViolationError as exc:
             raise SessionDeleted(str(exc)) from exc
+        except asyncpg.LockNotAvailableError as exc:
+            raise LockWait(str(exc)) from exc
         except _UNAVAILABLE as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
 
@@ -123,11 +130,15 @@ class LiveStore:
         async with self._connection() as conn:
             return await sql.frames_between(conn, session_id, after, upto, page)
 
-    async def store_batch(self, batch: Sequence[PendingFrame]) -> None:
+    async def store_batch(
+        self, batch: Sequence[PendingFrame], lock_timeout_s: float | None = None
+    ) -> None:
         """Store `batch` in one transaction (a frame stored already is skipped); raises
-        StorageUnavailable or SessionDeleted if nothing was committed."""
+        StorageUnavailable, SessionDeleted, or (given `lock_timeout_s`) LockWait if nothing
+        was committed."""
+        timeout_ms = None if lock_timeout_s is None else max(1, round(lock_timeout_s * 1000))
         async with self._connection() as conn:
-            await sql.store_batch(conn, batch)
+            await sql.store_batch(conn, batch, timeout_ms)
 
     async def existing_sessions(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         async with self._connection() as conn:

@@ -341,6 +341,66 @@ async def test_the_flusher_takes_from_every_session_round_robin(pool: asyncpg.Po
     assert count == 3_015 and len(buffer) == 0
 
 
+async def test_a_slow_batch_without_a_lock_is_stored_whole(pool: asyncpg.Pool) -> None:
+    # Each INSERT into frames takes 0.3 s (as on a busy machine or a slow disk): past
+    # isolate_s, but nothing waits on a lock, so storing the batch per session would only
+    # make more work; it is stored as it is, in one transaction.
+    await pool.execute(
+        "CREATE FUNCTION test_slow_insert() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;"
+        " CREATE TRIGGER test_slow_insert BEFORE INSERT ON frames"
+        " FOR EACH STATEMENT EXECUTE FUNCTION test_slow_insert()"
+    )
+    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
+    committed = Committed()
+    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    try:
+        fill(buffer, A, 10)
+        fill(buffer, B, 10)
+        flusher.start()
+        await committed.wait(A, 10)
+        await committed.wait(B, 10)
+    finally:
+        await flusher.stop()
+        await pool.execute(
+            "DROP TRIGGER test_slow_insert ON frames; DROP FUNCTION test_slow_insert()"
+        )
+    assert flusher.isolated == 0
+    assert [seqs for _, seqs in committed.batches] == [
+        {A: list(range(1, 11)), B: list(range(1, 11))}
+    ]
+
+
+async def test_a_locked_session_alone_in_its_batch_does_not_hold_the_flusher(
+    pool: asyncpg.Pool,
+) -> None:
+    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
+    committed = Committed()
+    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    locker = await pool.acquire()
+    lock = locker.transaction()
+    await lock.start()
+    try:
+        await locker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", A)
+        fill(buffer, A, 50)  # a full batch: the flusher takes it at once, A alone
+        flusher.start()
+        await asyncio.sleep(0)  # the flusher's first step: it takes A's batch
+        assert buffer.ready == 0, "A's batch was not taken alone"
+        fill(buffer, B, 10)
+        sent = time.monotonic()
+        waited = await committed.wait(B, 10) - sent
+        assert waited < 0.1 + 0.5, "B waited for A's lock"
+        assert committed.last_seq(A) == 0 and flusher.isolated == 1
+    finally:
+        await lock.rollback()
+        await pool.release(locker)
+    try:
+        await committed.wait(A, 50)  # the lock is gone: A is stored too
+    finally:
+        await flusher.stop()
+    assert await pool.fetchval("SELECT count(*) FROM frames") == 60
+
+
 async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
     pool: asyncpg.Pool,
 ) -> None:
