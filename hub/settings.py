@@ -147,8 +147,9 @@ class Settings:
     # One session's share of the write buffer; past either, only that session's mirror waits.
     buffer_session_max_frames: int = 5_000
     buffer_session_max_bytes: int = 4 * 1_048_576
-    # A batch of several sessions not committed after this long is stored again as one
-    # transaction per session, so one session's slow statement holds only that session.
+    # A batch that waits this long on a lock (one session's rows locked, say while it is
+    # erased) is rolled back and stored again as one transaction per session, so the lock
+    # holds only that session.
     flush_isolate_ms: int = 100
     # Frames (and bytes) queued for one watcher before it is disconnected with "resume from
     # your seq".
