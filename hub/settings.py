@@ -147,7 +147,7 @@ class Settings:
     # One session's share of the write buffer; past either, only that session's mirror waits.
     buffer_session_max_frames: int = 5_000
     buffer_session_max_bytes: int = 4 * 1_048_576
-    # A batch that waits this long on a lock (one session's rows locked, say while it is
+    # A batch with a lock wait this long (one session's rows locked, say while it is
     # erased) is rolled back and stored again as one transaction per session, so the lock
     # holds only that session.
     flush_isolate_ms: int = 100

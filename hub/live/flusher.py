@@ -7,13 +7,15 @@ after the transaction that stored it has committed.
 
 A batch holds a fair share of every session's waiting frames (see WriteBuffer.take). A lock
 held on one session's rows (say while it is erased) would hold every session of its batch, and
-the flusher with it: a batch's first attempt gives up once it has waited on a lock for
+the flusher with it: a batch's first attempt gives up when one of its lock waits lasts
 `isolate_s` (PostgreSQL's lock_timeout, so nothing of it is committed), and the batch is stored
 again as one transaction per session, in the background, while the next batch (the other
-sessions' newer frames) goes ahead. So a locked session delays the others by at most one batch
+sessions' newer frames) goes ahead. So a locked session delays the others by about one batch
 and `isolate_s`. Only a lock wait splits a batch: a batch that is merely large, or slow because
 the machine is busy, is never split (storing it as hundreds of transactions would make a busy
-hub slower still).
+hub slower still). A lock on the whole frames table (DDL, say) is taken before the timeout is
+set and holds every batch until it is released or the statement times out; splitting would
+not help there.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Flusher:
         self.on_orphaned = on_orphaned
         self.isolate_s = isolate_s
         self.failures = 0  # consecutive failed attempts; 0 while PostgreSQL answers
-        self.isolated = 0  # batches split per session because one of them was slow
+        self.isolated = 0  # batches split per session because they waited on a lock
         self._task: asyncio.Task[None] | None = None
         self._isolating: set[asyncio.Task[None]] = set()  # one per session of a split batch
 
@@ -75,6 +77,8 @@ class Flusher:
     async def _run(self) -> None:
         while True:
             batch = await self.buffer.next_batch(self.max_age_s)
+            if not batch:
+                continue
             try:
                 stored = await self._store(batch, lock_timeout_s=self.isolate_s)
             except LockWait:  # rolled back: nothing of it is stored
@@ -116,20 +120,27 @@ class Flusher:
                 return batch
             except SessionDeleted:
                 # A session was deleted while live: its frames can never be stored.
-                batch = await self._drop_orphans(batch)
+                try:
+                    batch = await self._drop_orphans(batch)
+                except StorageUnavailable as exc:
+                    self._failed(batch, exc)
+                    return None
                 if not batch:
                     return batch
             except StorageUnavailable as exc:
-                self.failures += 1
-                metrics.STORAGE_FAILURES.inc()
-                if self.failures == 1 or self.failures % 20 == 0:
-                    log.warning(
-                        "storing %d frames failed (%s); retrying, attempt %d",
-                        len(batch),
-                        exc,
-                        self.failures,
-                    )
+                self._failed(batch, exc)
                 return None
+
+    def _failed(self, batch: list[PendingFrame], exc: StorageUnavailable) -> None:
+        self.failures += 1
+        metrics.STORAGE_FAILURES.inc()
+        if self.failures == 1 or self.failures % 20 == 0:
+            log.warning(
+                "storing %d frames failed (%s); retrying, attempt %d",
+                len(batch),
+                exc,
+                self.failures,
+            )
 
     async def flush(self, batch: list[PendingFrame]) -> None:
         """Store `batch` (taken from the buffer), retrying until it commits."""

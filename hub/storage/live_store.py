@@ -3,7 +3,9 @@
 The node, the flusher and the gap filler talk to storage only through a `LiveStore`, which
 owns the asyncpg pool. Every failure to reach storage (a refused connection, a server error,
 a timeout) comes out as the one `StorageUnavailable`; what the caller does then (retry, keep
-buffering, close with 1011) is the caller's policy, not this module's. The SQL itself is in
+buffering, close with 1011) is the caller's policy, not this module's. Storing a batch may
+also say that a session of it is gone (`SessionDeleted`) or, when asked to give up on a lock,
+that it did (`LockWait`). The SQL itself is in
 `hub.storage.frames`.
 
 `PendingFrame` is the row the write buffer holds and `store_batch` stores: it is defined here,
@@ -100,8 +102,6 @@ class LiveStore:
                 yield conn
         except asyncpg.ForeignKeyViolationError as exc:
             raise SessionDeleted(str(exc)) from exc
-        except asyncpg.LockNotAvailableError as exc:
-            raise LockWait(str(exc)) from exc
         except _UNAVAILABLE as exc:
             raise StorageUnavailable(type(exc).__name__) from exc
 
@@ -138,7 +138,12 @@ class LiveStore:
         was committed."""
         timeout_ms = None if lock_timeout_s is None else max(1, round(lock_timeout_s * 1000))
         async with self._connection() as conn:
-            await sql.store_batch(conn, batch, timeout_ms)
+            try:
+                await sql.store_batch(conn, batch, timeout_ms)
+            except asyncpg.LockNotAvailableError as exc:
+                if timeout_ms is None:
+                    raise  # a lock_timeout of the server's settings: a failure like any other
+                raise LockWait(str(exc)) from exc
 
     async def existing_sessions(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         async with self._connection() as conn:

@@ -401,6 +401,66 @@ async def test_a_locked_session_alone_in_its_batch_does_not_hold_the_flusher(
     assert await pool.fetchval("SELECT count(*) FROM frames") == 60
 
 
+async def test_a_lock_timeout_from_the_servers_settings_is_retried_like_any_failure(
+    database_url: str, clean_db: AsyncEngine
+) -> None:
+    # An operator's lock_timeout (here 50 ms, for every statement of the pool's connections)
+    # makes a store that waits on a lock fail: the flusher retries it until it commits, its
+    # loop and its drain go on, and only its own first attempt splits a batch.
+    async with asyncpg.create_pool(
+        asyncpg_dsn(database_url), min_size=0, max_size=6, server_settings={"lock_timeout": "50"}
+    ) as pool:
+        await pool.executemany(
+            "INSERT INTO sessions (id, child_name) VALUES ($1, 'x')", [(s,) for s in (A, B)]
+        )
+        buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
+        committed = Committed()
+        flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+        locker = await pool.acquire()
+        lock = locker.transaction()
+        await lock.start()
+        try:
+            await locker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", A)
+            fill(buffer, A, 10)
+            fill(buffer, B, 10)
+            flusher.start()
+            await committed.wait(B, 10)  # A's lock held the first batch; B went on without it
+            fill(buffer, A, 5, first=11)
+            draining = asyncio.create_task(flusher.drain())
+            done, _ = await asyncio.wait({draining}, timeout=0.3)
+            assert not done, "the drain gave up on A's lock (or stored through it)"
+            assert committed.last_seq(A) == 0 and flusher.failures > 0
+        finally:
+            await lock.rollback()
+            await pool.release(locker)
+        async with asyncio.timeout(WAIT):
+            await draining  # raises if the drain failed
+        await flusher.stop()
+        assert committed.last_seq(A) == 15 and len(buffer) == 0
+        assert await pool.fetchval("SELECT count(*) FROM frames") == 25
+
+
+async def test_a_batchs_lock_timeout_ends_with_its_transaction(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    from hub.frames import TaskFrame
+
+    one = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=1)
+    store = LiveStore(one)  # one connection: the one every statement below runs on
+    task = TaskFrame(
+        seq=2, ts=1.0, task_id=uuid.uuid4(), task_name="raise_hand", event="started",
+        status="in_progress",
+    )  # fmt: skip
+    with_task = PendingFrame(A, 2, datetime.now(UTC), '{"type":"task","seq":2,"ts":1.0}', task)
+    try:
+        for batch in ([pending(A, 1)], [with_task]):  # one statement; a transaction of several
+            await store.store_batch(batch, lock_timeout_s=0.1)
+            assert await one.fetchval("SHOW lock_timeout") == "0"
+    finally:
+        await one.close()
+    assert await pool.fetchval("SELECT count(*) FROM frames") == 2
+
+
 async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
     pool: asyncpg.Pool,
 ) -> None:
