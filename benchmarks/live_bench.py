@@ -13,16 +13,17 @@
     python benchmarks/live_bench.py max --target hub,fanout   # against a fan-out storing nothing
 
 Every run starts a fresh server process (`hub serve`, or benchmarks/baseline_app.py: one
-transaction per frame before broadcasting, or with `fanout` none at all) on a fresh database `bench_<random>` created on
---database-url's server and dropped afterwards. The targets hub-postgres and hub-redis start
-two hub processes instead, joined by that backplane (HUB_BACKPLANE; hub-redis also starts a
-redis-server): mirrors connect to process A, watchers to process B, so every delivery crosses
-the backplane. `hub@REF` (or `hub-redis@REF` …) runs the hub of commit REF, exported with git
-archive, beside this checkout's. The server (every process of it) is pinned to one core
-(`taskset -c 0`), this load generator to the other (`-c 1`): one process, asyncio + uvloop,
-WebSocket clients without compression. Mirrors send metric frames on an absolute schedule (no
-drift) with their send time (time.time()) in `ts`; watchers take latency = receive time - ts.
-See benchmarks/README.md for what each figure means. This is a benchmark, not a test.
+transaction per frame before broadcasting, or with `fanout` none at all) on a fresh database
+`bench_<random>` created on --database-url's server and dropped afterwards. The targets
+hub-postgres and hub-redis start two hub processes instead, joined by that backplane
+(HUB_BACKPLANE; hub-redis also starts a redis-server): mirrors connect to process A, watchers
+to process B, so every delivery crosses the backplane. `hub@REF` (or `hub-redis@REF` …) runs
+the hub of commit REF, exported with git archive, beside this checkout's. The server (every
+process of it) is pinned to one core (`taskset -c 0`), this load generator to the other (`-c
+1`): one process, asyncio + uvloop, WebSocket clients without compression. Mirrors send metric
+frames on an absolute schedule (no drift) with their send time (time.time()) in `ts`; watchers
+take latency = receive time - ts. See benchmarks/README.md for what each figure means. This
+is a benchmark, not a test.
 
 This file is the command line; the benchmark itself is the package livebench/.
 """
