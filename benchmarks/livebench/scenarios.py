@@ -97,14 +97,15 @@ async def scenario_max(args: argparse.Namespace, targets: list[Target]) -> dict[
 async def scenario_lobby(args: argparse.Namespace, targets: list[Target]) -> dict[str, Any]:
     """S sessions x R Hz with W full watchers each, plus 20 `/ws/watch` connections each
     subscribed to every session in overview mode (4 Hz): the hub's CPU and the overviews'
-    staleness. Targets without `/ws/watch` (the baseline, older hubs) are skipped."""
+    staleness. The baselines (no `/ws/watch`) and scaled-out hubs are skipped; a `hub@REF`
+    runs (its commit must have `/ws/watch`), to compare two versions in one run."""
     load = load_from(args, args.sessions or 100, args.seconds or 20.0, min_drain=10.0)
     if args.watchers is None:
         load.watchers = 1
     summary: dict[str, Any] = {}
     for target in targets:
-        if target.name != "hub":
-            progress(f"lobby: {target.name} has no /ws/watch; skipped")
+        if target.variant.app != "hub" or target.variant.processes > 1:
+            progress(f"lobby: {target.name} is not one hub process; skipped")
             continue
         lobbies = Lobbies(args.lobbies, args.overview_hz)
         progress(
