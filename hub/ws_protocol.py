@@ -2,9 +2,9 @@
 
 - uvicorn logs a traceback for each text message that is not UTF-8; that is bad input, not a
   fault of the hub: one info line, and the same close (1007).
-- A write-at-once for the app (scope extension `SEND_NOW`: `writable()` and `write(payload)`),
-  so a watcher's frame reaches its socket without a task switch and ASGI's send path
-  (`hub.endpoints.connection.DirectWrites`).
+- A write-at-once for the app (scope extension `SEND_NOW`: `writable()`, `write(payload)` and
+  `write_all(payloads)`, several messages in one system call), so a watcher's frame reaches
+  its socket without a task switch and ASGI's send path (`hub.endpoints.connection`).
 - Lighter per-connection state (`ReceiveQueue`, `Flag`), since thousands of idle watchers
   each keep one of everything.
 - A take-at-once for the app (scope extension `RECEIVE_NOW`): a text message that arrives
@@ -153,6 +153,7 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][SEND_NOW] = {
                 "writable": self.writable_now,
                 "write": self.write_text,
+                "write_all": self.write_texts,
             }
             scope["extensions"][RECEIVE_NOW] = {"set": self.set_take_now}
 
@@ -185,6 +186,14 @@ class QuietWebSocketProtocol(WebSocketsSansIOProtocol):
         on as before. With an extension negotiated (per-message deflate, off in `hub
         serve`) `writable_now` is False: the frame would have to go through it."""
         self.transport.write(text_frame(payload))
+
+    def write_texts(self, payloads: list[bytes]) -> None:
+        """`write_text` for each of `payloads`, in one system call (a writev) instead of one
+        each: what a watcher has queued, or a lobby connection's overviews of one tick."""
+        if len(payloads) == 1:
+            self.transport.write(text_frame(payloads[0]))
+        else:
+            self.transport.writelines([text_frame(payload) for payload in payloads])
 
     def data_received(self, data: bytes) -> None:
         self.offered_now = False

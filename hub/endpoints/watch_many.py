@@ -21,7 +21,13 @@ from starlette.websockets import WebSocket
 from hub import closecodes, metrics
 from hub.auth import Principal
 from hub.context import HubContext, context
-from hub.endpoints.connection import CLOSE_FLUSH_TIMEOUT_S, RateLimit, RawSocket, close, send_text
+from hub.endpoints.connection import (
+    CLOSE_FLUSH_TIMEOUT_S,
+    RateLimit,
+    RawSocket,
+    close,
+    send_texts,
+)
 from hub.endpoints.ws_common import connection_lifetime, handshake_many
 from hub.frames import (
     LOBBY,
@@ -155,8 +161,7 @@ class Connection:
                 return
             while texts := subs.take():
                 self._release_gone()
-                for text in texts:
-                    await send_text(self.websocket, raw, text)
+                await send_texts(self.websocket, raw, texts)
             self._release_gone()
             if outbox.close_code is not None:
                 return
