@@ -5,8 +5,7 @@ owns the asyncpg pool. Every failure to reach storage (a refused connection, a s
 a timeout) comes out as the one `StorageUnavailable`; what the caller does then (retry, keep
 buffering, close with 1011) is the caller's policy, not this module's. Storing a batch may
 also say that a session of it is gone (`SessionDeleted`) or, when asked to give up on a lock,
-that it did (`LockWait`). The SQL itself is in
-`hub.storage.frames`.
+that it did (`LockWait`). The SQL itself is in `hub.storage.frames`.
 
 `PendingFrame` is the row the write buffer holds and `store_batch` stores: it is defined here,
 below the live core, so storage never imports from it.

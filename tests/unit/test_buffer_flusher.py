@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -459,6 +460,51 @@ async def test_a_batchs_lock_timeout_ends_with_its_transaction(
     finally:
         await one.close()
     assert await pool.fetchval("SELECT count(*) FROM frames") == 2
+
+
+async def test_a_locked_task_row_splits_a_batch_and_its_task_is_stored_once(
+    pool: asyncpg.Pool,
+) -> None:
+    # The lock timeout holds for every statement of a batch with task frames (one
+    # transaction): a task row locked elsewhere splits the batch like a locked session.
+    from hub.frames import TaskFrame, encode
+
+    task_id = uuid.uuid4()
+
+    def task_frame(seq: int, status: str, **metrics: float) -> PendingFrame:
+        frame = TaskFrame(
+            seq=seq, ts=1.0, task_id=task_id, task_name="raise_hand", event="status",
+            status=status, metrics=metrics,
+        )  # fmt: skip
+        return PendingFrame(A, seq, datetime.now(UTC), encode(frame).decode(), frame)
+
+    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
+    committed = Committed()
+    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    buffer.put(task_frame(1, "pending"))
+    flusher.start()
+    try:
+        await committed.wait(A, 1)  # the task row exists
+        locker = await pool.acquire()
+        lock = locker.transaction()
+        await lock.start()
+        try:
+            await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+            buffer.put(task_frame(2, "in_progress", accuracy=0.5))
+            fill(buffer, B, 10)
+            sent = time.monotonic()
+            waited = await committed.wait(B, 10) - sent
+            assert waited < 0.1 + 0.5, "B waited for A's task row"
+            assert committed.last_seq(A) == 1 and flusher.isolated == 1
+        finally:
+            await lock.rollback()
+            await pool.release(locker)
+        await committed.wait(A, 2)
+    finally:
+        await flusher.stop()
+    row = await pool.fetchrow("SELECT status, metrics FROM tasks WHERE id = $1", task_id)
+    assert row["status"] == "in_progress" and orjson.loads(row["metrics"]) == {"accuracy": 0.5}
+    assert await pool.fetchval("SELECT count(*) FROM frames") == 12
 
 
 async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
