@@ -70,6 +70,14 @@ class MirrorClaim:
     claimed_at: float
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection's reset. asyncpg's default resets the session (advisory locks,
+    cursors, LISTEN, settings) with a query, a round trip on every release, so on every batch
+    stored; the live path leaves no session state behind (its one setting, the lock timeout,
+    ends with its transaction), so there is nothing to reset. (asyncpg still rolls back a
+    transaction left open, say by a cancelled statement, before calling this.)"""
+
+
 class LiveStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -88,6 +96,7 @@ class LiveStore:
             max_size=6,
             timeout=statement_timeout_s,
             command_timeout=statement_timeout_s,
+            reset=_keep_session,
         )
         return cls(pool)
 
