@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -78,20 +79,12 @@ async def send_text(websocket: WebSocket, raw: RawSocket | None, text: str) -> N
 async def send_texts(websocket: WebSocket, raw: RawSocket | None, texts: list[str]) -> None:
     """Send text messages in order, up to WRITE_BYTES in one write while the socket takes
     data now (one system call for a lobby's tick of overviews), else one by one."""
-    start = 0
-    while start < len(texts):
-        if raw is None or not raw.writable():
-            await websocket.send_text(texts[start])
-            start += 1
-            continue
-        messages, size = [], 0
-        for text in texts[start:]:
-            if size >= WRITE_BYTES:
-                break
-            messages.append(text.encode())
-            size += len(messages[-1])
-        raw.write_all(messages)
-        start += len(messages)
+    pending = deque(texts)
+    while pending:
+        if raw is not None and raw.writable():
+            raw.write_all(one_write(pending.popleft, pending.__len__))
+        else:
+            await websocket.send_text(pending.popleft())
 
 
 def next_message(outbox: SendQueue, batching: Batching | None) -> str:
@@ -108,19 +101,20 @@ def write_next(raw: RawSocket, outbox: SendQueue, batching: Batching | None) -> 
     """Write the next message of `outbox` to the socket now; for a protocol 1 connection
     with several queued, as many as one write takes (`one_write`: one system call)."""
     if batching is None and len(outbox.items) > 1:
-        raw.write_all(one_write(outbox))
+        raw.write_all(one_write(outbox.pop, outbox.items.__len__))
     else:
         raw.write(next_message(outbox, batching).encode())
 
 
-def one_write(outbox: SendQueue) -> list[bytes]:
-    """The texts at the head of `outbox`, encoded, for one write: at least one, and no more
-    once WRITE_BYTES are taken (so that what waits in the socket's buffer stays bounded by
-    it, as with one message per write, and the rest by the queue's own bounds)."""
-    first = outbox.pop().encode()
+def one_write(take: Callable[[], str], left: Callable[[], int]) -> list[bytes]:
+    """The texts `take` gives, encoded, for one write: at least one, and no more once
+    WRITE_BYTES are taken or `left` says none is left (so that what waits in the socket's
+    buffer stays bounded by it, as with one message per write, and the rest by the queue's
+    own bounds)."""
+    first = take().encode()
     messages, size = [first], len(first)
-    while size < WRITE_BYTES and outbox.items:
-        messages.append(outbox.pop().encode())
+    while size < WRITE_BYTES and left():
+        messages.append(take().encode())
         size += len(messages[-1])
     return messages
 

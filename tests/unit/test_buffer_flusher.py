@@ -4,6 +4,7 @@ the flusher writes to the real PostgreSQL of the test run)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -295,6 +296,24 @@ async def pool(database_url: str, clean_db: AsyncEngine) -> AsyncIterator[asyncp
         yield p
 
 
+def flusher_on(pool: asyncpg.Pool) -> tuple[WriteBuffer, Committed, Flusher]:
+    """A buffer, what its flusher commits, and the flusher (not started), isolating after a
+    lock wait of 0.1 s."""
+    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
+    committed = Committed()
+    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    return buffer, committed, flusher
+
+
+@contextlib.asynccontextmanager
+async def row_locked(pool: asyncpg.Pool, table: str, row_id: uuid.UUID) -> AsyncIterator[None]:
+    """The row `row_id` of `table` locked by another transaction (as while a session is
+    being erased) until the block ends."""
+    async with pool.acquire() as locker, locker.transaction():
+        await locker.execute(f"SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE", row_id)
+        yield
+
+
 class Committed:
     """Records each commit the flusher reports, and when."""
 
@@ -352,9 +371,7 @@ async def test_a_slow_batch_without_a_lock_is_stored_whole(pool: asyncpg.Pool) -
         " CREATE TRIGGER test_slow_insert BEFORE INSERT ON frames"
         " FOR EACH STATEMENT EXECUTE FUNCTION test_slow_insert()"
     )
-    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
-    committed = Committed()
-    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    buffer, committed, flusher = flusher_on(pool)
     try:
         fill(buffer, A, 10)
         fill(buffer, B, 10)
@@ -375,14 +392,8 @@ async def test_a_slow_batch_without_a_lock_is_stored_whole(pool: asyncpg.Pool) -
 async def test_a_locked_session_alone_in_its_batch_does_not_hold_the_flusher(
     pool: asyncpg.Pool,
 ) -> None:
-    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
-    committed = Committed()
-    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
-    locker = await pool.acquire()
-    lock = locker.transaction()
-    await lock.start()
-    try:
-        await locker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", A)
+    buffer, committed, flusher = flusher_on(pool)
+    async with row_locked(pool, "sessions", A):
         fill(buffer, A, 50)  # a full batch: the flusher takes it at once, A alone
         flusher.start()
         await asyncio.sleep(0)  # the flusher's first step: it takes A's batch
@@ -392,9 +403,6 @@ async def test_a_locked_session_alone_in_its_batch_does_not_hold_the_flusher(
         waited = await committed.wait(B, 10) - sent
         assert waited < 0.1 + 0.5, "B waited for A's lock"
         assert committed.last_seq(A) == 0 and flusher.isolated == 1
-    finally:
-        await lock.rollback()
-        await pool.release(locker)
     try:
         await committed.wait(A, 50)  # the lock is gone: A is stored too
     finally:
@@ -414,14 +422,8 @@ async def test_a_lock_timeout_from_the_servers_settings_is_retried_like_any_fail
         await pool.executemany(
             "INSERT INTO sessions (id, child_name) VALUES ($1, 'x')", [(s,) for s in (A, B)]
         )
-        buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
-        committed = Committed()
-        flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
-        locker = await pool.acquire()
-        lock = locker.transaction()
-        await lock.start()
-        try:
-            await locker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", A)
+        buffer, committed, flusher = flusher_on(pool)
+        async with row_locked(pool, "sessions", A):
             fill(buffer, A, 10)
             fill(buffer, B, 10)
             flusher.start()
@@ -431,9 +433,6 @@ async def test_a_lock_timeout_from_the_servers_settings_is_retried_like_any_fail
             done, _ = await asyncio.wait({draining}, timeout=0.3)
             assert not done, "the drain gave up on A's lock (or stored through it)"
             assert committed.last_seq(A) == 0 and flusher.failures > 0
-        finally:
-            await lock.rollback()
-            await pool.release(locker)
         async with asyncio.timeout(WAIT):
             await draining  # raises if the drain failed
         await flusher.stop()
@@ -478,27 +477,18 @@ async def test_a_locked_task_row_splits_a_batch_and_its_task_is_stored_once(
         )  # fmt: skip
         return PendingFrame(A, seq, datetime.now(UTC), encode(frame).decode(), frame)
 
-    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
-    committed = Committed()
-    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    buffer, committed, flusher = flusher_on(pool)
     buffer.put(task_frame(1, "pending"))
     flusher.start()
     try:
         await committed.wait(A, 1)  # the task row exists
-        locker = await pool.acquire()
-        lock = locker.transaction()
-        await lock.start()
-        try:
-            await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        async with row_locked(pool, "tasks", task_id):
             buffer.put(task_frame(2, "in_progress", accuracy=0.5))
             fill(buffer, B, 10)
             sent = time.monotonic()
             waited = await committed.wait(B, 10) - sent
             assert waited < 0.1 + 0.5, "B waited for A's task row"
             assert committed.last_seq(A) == 1 and flusher.isolated == 1
-        finally:
-            await lock.rollback()
-            await pool.release(locker)
         await committed.wait(A, 2)
     finally:
         await flusher.stop()
@@ -510,17 +500,11 @@ async def test_a_locked_task_row_splits_a_batch_and_its_task_is_stored_once(
 async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
     pool: asyncpg.Pool,
 ) -> None:
-    buffer = WriteBuffer(100_000, 1 << 30, flush_frames=50)
-    committed = Committed()
-    flusher = Flusher(buffer, LiveStore(pool), 0.02, committed, lambda ids: None, isolate_s=0.1)
+    buffer, committed, flusher = flusher_on(pool)
     flusher.start()
-    locker = await pool.acquire()
-    lock = locker.transaction()
-    await lock.start()
-    try:
+    async with row_locked(pool, "sessions", A):
         # A's session row is locked (as while it is being erased): storing A's frames waits
         # on it (the foreign key check), and so would every session in A's batch.
-        await locker.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", A)
         fill(buffer, A, 10)
         fill(buffer, B, 10)
         sent = time.monotonic()
@@ -532,9 +516,6 @@ async def test_a_slow_session_holds_the_others_back_one_batch_at_most(
         assert first < 0.1 + 0.5, "B waited for A's lock"
         assert later < 0.5
         assert committed.last_seq(A) == 0 and flusher.isolated >= 1
-    finally:
-        await lock.rollback()
-        await pool.release(locker)
     try:
         await committed.wait(A, 10)  # the lock is gone: A is stored too
     finally:

@@ -19,7 +19,7 @@ def test_a_write_takes_messages_in_order_up_to_its_size() -> None:
     queue = queue_of(texts)
     writes = []
     while queue.items:
-        writes.append(one_write(queue))
+        writes.append(one_write(queue.pop, queue.items.__len__))
     assert [m.decode() for w in writes for m in w] == texts  # all, in order, whole
     size = len(texts[0])
     full = -(-WRITE_BYTES // size)  # the message that reaches WRITE_BYTES ends a write
@@ -30,5 +30,5 @@ def test_a_write_takes_messages_in_order_up_to_its_size() -> None:
 def test_a_message_larger_than_a_write_goes_alone() -> None:
     big = '{"pad":"' + "x" * (2 * WRITE_BYTES) + '"}'
     queue = queue_of([big, '{"n":1}'])
-    assert one_write(queue) == [big.encode()]
-    assert one_write(queue) == [b'{"n":1}']
+    assert one_write(queue.pop, queue.items.__len__) == [big.encode()]
+    assert one_write(queue.pop, queue.items.__len__) == [b'{"n":1}']
